@@ -1,0 +1,1 @@
+"""Ray actors per tenant (strategy, risk, execution) and system actors. Arrives with the runtime issue."""

@@ -1,0 +1,88 @@
+"""The gateway's FastAPI application, built per replica from the settings.
+
+`create_api(settings)` returns the ASGI app; its lifespan opens the database pool and the
+Redis client, runs the usage flusher in the background, and closes everything on exit.
+`serve.app.build_app` hands this builder to Ray Serve, so each replica builds its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from serve.deps import Services
+from serve.errors import install_error_handlers
+from serve.limits import Limiter
+from serve.routes import admin, audit, auth, health, keys
+from serve.usage import UsageFlusher
+from tenancy.auth import Authenticator
+from tenancy.db import Database
+from tenancy.settings import Settings
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "0.1.0"
+
+
+def make_services(settings: Settings) -> Services:
+    """Open the collaborators the routes use (pool and client connect lazily)."""
+    if settings.database_url is None or settings.redis_url is None:
+        raise RuntimeError("the gateway needs resolved database and Redis URLs")
+    db = Database.from_url(settings.database_url, pool_size=settings.db_pool_size)
+    redis = Redis.from_url(settings.redis_url, socket_timeout=settings.redis_timeout_seconds,
+                           socket_connect_timeout=settings.redis_timeout_seconds,
+                           health_check_interval=30)
+    limiter = Limiter(redis)
+    return Services(
+        settings=settings, db=db, redis=redis,
+        auth=Authenticator(jwt_secret=settings.secret("jwt_secret"),
+                           operator_token=settings.secret("operator_token"),
+                           jwt_ttl_seconds=settings.jwt_ttl_seconds),
+        limiter=limiter, flusher=UsageFlusher(db, redis, limiter.local_usage))
+
+
+async def _flush_forever(services: Services) -> None:
+    while True:
+        await asyncio.sleep(services.settings.usage_flush_seconds)
+        try:
+            await services.flusher.flush()
+        except Exception:
+            log.exception("usage flush failed; retrying next interval")
+
+
+def create_api(settings: Settings) -> FastAPI:
+    """Build the gateway's ASGI app for one replica."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = make_services(settings)
+        app.state.services = services
+        flusher = asyncio.create_task(_flush_forever(services))
+        try:
+            yield
+        finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            with contextlib.suppress(Exception):
+                await services.flusher.flush()
+            await services.redis.aclose()
+            await services.db.dispose()
+
+    app = FastAPI(
+        title="AI Trading Platform",
+        version=API_VERSION,
+        description="Multi-tenant algorithmic and AI trading on Ray. Authenticate with "
+                    "`Authorization: Bearer <API key | JWT | operator token>`. Every error "
+                    'body is `{"error": {"code", "message", "field"}}`.',
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for router in (health.router, auth.router, keys.router, audit.router, admin.router):
+        app.include_router(router)
+    return app

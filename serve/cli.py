@@ -1,0 +1,358 @@
+"""The ``atp`` command line: run the platform and administer it as the operator.
+
+Administrative commands talk to PostgreSQL directly (starting the embedded server when
+``ATP_DATABASE_URL`` is unset) and act as the ``operator``. Errors exit non-zero and name
+the option at fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from serve.runtime import Runtime, wait_for_signal
+from tenancy import api_keys, audit, keys, tenants
+from tenancy.db import Database
+from tenancy.migrate import SchemaReport
+from tenancy.roles import Role
+from tenancy.settings import Settings, SettingsError, load_settings
+from trading.errors import AtpError, Invalid
+
+app = typer.Typer(help="AI Trading Platform: multi-tenant algorithmic and AI trading on Ray.",
+                  no_args_is_help=True, add_completion=False)
+tenant_app = typer.Typer(help="Create and manage tenants.", no_args_is_help=True)
+key_app = typer.Typer(help="Create, list and revoke a tenant's API keys.", no_args_is_help=True)
+audit_app = typer.Typer(help="Check the audit trail.", no_args_is_help=True)
+app.add_typer(tenant_app, name="tenant")
+app.add_typer(key_app, name="api-key")
+app.add_typer(audit_app, name="audit")
+
+out = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+CLI_ACTOR = "operator:cli"
+
+# Error fields (from the domain) → the option that carries them.
+_OPTIONS = {"slug": "SLUG", "name": "--name", "plan": "--plan", "email": "--email",
+            "password": "--password", "confirm": "--confirm", "role": "--role",
+            "status": "--status", "id": "KEY", "version": "--version"}
+
+
+def _fail(exc: AtpError, options: dict[str, str] | None = None) -> None:
+    option = {**_OPTIONS, **(options or {})}.get(exc.field or "", exc.field)
+    where = f"invalid value for {option}: " if option else ""
+    err.print(f"[red]Error:[/red] {where}{exc.message}")
+    raise typer.Exit(2 if isinstance(exc, Invalid) else 1)
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except SettingsError as exc:
+        _fail(exc)
+        raise  # unreachable
+
+
+@contextmanager
+def _database() -> Iterator[tuple[Runtime, Settings]]:
+    runtime = Runtime(_settings())
+    try:
+        settings = runtime.open_database()
+        yield runtime, settings
+    except AtpError as exc:
+        _fail(exc)
+    finally:
+        runtime.close()
+
+
+def _run(work: Callable[[Database, Settings], Awaitable[T]],
+         options: dict[str, str] | None = None) -> T:
+    """Run one async command against the database."""
+    with _database() as (_, settings):
+        async def go() -> T:
+            db = Database.from_url(settings.database_url or "", pool_size=2)
+            try:
+                return await work(db, settings)
+            finally:
+                await db.dispose()
+        try:
+            return asyncio.run(go())
+        except AtpError as exc:
+            _fail(exc, options)
+    raise AssertionError("unreachable")
+
+
+def _print_report(report: SchemaReport) -> None:
+    colour = {"failed": "red", "upgraded": "green"}.get(report.status, "dim")
+    line = f"{report.schema:<48} {report.before or '-':>8} → {report.after or '-':<8} " \
+           f"[{colour}]{report.status}[/{colour}]"
+    if report.error:
+        line += f"  {report.error}"
+    out.print(line)
+
+
+@app.command()
+def migrate() -> None:
+    """Upgrade the master schema and every tenant schema (safe to rerun; resumes)."""
+    with _database() as (runtime, _):
+        reports = runtime.migrate(_print_report)
+    failed = [r for r in reports if r.error]
+    out.print(f"{len(reports)} schemas, {len(failed)} failed")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _serve(runtime: Runtime, after_start: Callable[[str], None]) -> None:
+    runtime.open_database()
+    runtime.open_redis()
+    reports = runtime.migrate()
+    if any(r.error for r in reports):
+        for r in reports:
+            _print_report(r)
+        raise typer.Exit(1)
+    runtime.start_ray()
+    url = runtime.start_gateway()
+    after_start(url)
+    wait_for_signal()
+    out.print("shutting down…")
+
+
+@app.command()
+def up(host: str = typer.Option(None, help="HTTP host (default 127.0.0.1)"),
+       port: int = typer.Option(None, help="HTTP port (default 8000)", min=1, max=65535)) -> None:
+    """Run the platform: database, Redis, Ray and the Serve gateway, until Ctrl-C."""
+    overrides = {k: v for k, v in {"http_host": host, "http_port": port}.items() if v}
+    runtime = Runtime(_settings(**overrides))
+    try:
+        _serve(runtime, lambda url: out.print(f"gateway on {url} (OpenAPI: {url}/docs)"))
+    except AtpError as exc:
+        _fail(exc)
+    finally:
+        runtime.close()
+
+
+@app.command()
+def demo(port: int = typer.Option(None, help="HTTP port (default 8000)", min=1, max=65535)
+         ) -> None:
+    """Run the platform in dev mode with a demo tenant, and print how to call it."""
+    from serve.demo import ensure_demo_tenant
+
+    overrides: dict[str, Any] = {"dev_mode": True}
+    if port:
+        overrides["http_port"] = port
+    runtime = Runtime(_settings(**overrides))
+    state: dict[str, Any] = {}
+
+    def announce(url: str) -> None:
+        settings = runtime.settings
+
+        async def work() -> Any:
+            db = Database.from_url(settings.database_url or "", pool_size=2)
+            try:
+                return await ensure_demo_tenant(db, settings.master_key_bytes)
+            finally:
+                await db.dispose()
+
+        demo_tenant = asyncio.run(work())
+        state["tenant"] = demo_tenant
+        out.print(f"\n[bold]AI Trading Platform demo[/bold] is running.\n"
+                  f"  gateway   {url}\n  OpenAPI   {url}/docs\n"
+                  f"  tenant    {demo_tenant.slug}"
+                  f"{' (created now)' if demo_tenant.created else ''}\n"
+                  f"  API key   {demo_tenant.api_key}\n"
+                  f"  data      {settings.data_dir}\n\n"
+                  f"Try:\n  curl -s -H 'Authorization: Bearer {demo_tenant.api_key}' "
+                  f"{url}/v1/me\n\nCtrl-C stops everything.", soft_wrap=True)
+
+    try:
+        _serve(runtime, announce)
+    except AtpError as exc:
+        _fail(exc)
+    finally:
+        runtime.close()
+
+
+def _tenant_table(rows: list[Any]) -> Table:
+    table = Table("slug", "name", "plan", "status", "created", "id")
+    for t in rows:
+        table.add_row(t.slug, t.name, t.plan, t.status, t.created_at.strftime("%Y-%m-%d %H:%M"),
+                      str(t.id))
+    return table
+
+
+@tenant_app.command("create")
+def tenant_create(name: str = typer.Option(..., help="display name, e.g. 'Acme Corp'"),
+                  plan: str = typer.Option(..., help="starter, professional or enterprise"),
+                  email: str = typer.Option(..., help="the owner's email"),
+                  slug: str = typer.Option(None, help="URL-safe id; derived from the name"),
+                  password: str = typer.Option(None, help="owner password; generated if absent"),
+                  ) -> None:
+    """Provision a tenant; print its slug and API key (shown once)."""
+    async def work(db: Database, settings: Settings) -> tenants.ProvisionedTenant:
+        return await tenants.provision(db, settings.master_key_bytes, name=name, plan=plan,
+                                       email=email, slug=slug, password=password,
+                                       actor=CLI_ACTOR)
+    created = _run(work, {"slug": "--slug"})
+    out.print(f"slug      {created.tenant.slug}\nplan      {created.tenant.plan}\n"
+              f"owner     {created.owner_email}\napi key   {created.api_key}", soft_wrap=True)
+    if created.owner_password:
+        out.print(f"password  {created.owner_password}", soft_wrap=True)
+    out.print("[dim]The key (and a generated password) are shown only now.[/dim]")
+
+
+@tenant_app.command("list")
+def tenant_list(status: str = typer.Option(None, help="active, suspended or deleted")) -> None:
+    """List tenants."""
+    if status not in (None, "active", "suspended", "deleted"):
+        _fail(Invalid("status must be active, suspended or deleted", field="status"))
+
+    async def work(db: Database, _s: Settings) -> list[Any]:
+        async with db.platform() as uow:
+            return await tenants.list_tenants(uow.conn, status=status)
+    out.print(_tenant_table(_run(work)))
+
+
+@tenant_app.command("show")
+def tenant_show(slug: str) -> None:
+    """Show one tenant as JSON."""
+    async def work(db: Database, _s: Settings) -> Any:
+        async with db.platform() as uow:
+            return await tenants.get_tenant(uow.conn, slug)
+    t = _run(work)
+    out.print_json(json.dumps({**t.__dict__, "id": str(t.id), "created_at": str(t.created_at),
+                               "updated_at": str(t.updated_at)}))
+
+
+def _update(slug: str, **changes: Any) -> None:
+    async def work(db: Database, _s: Settings) -> Any:
+        return await tenants.update_tenant(db, slug, actor=CLI_ACTOR, **changes)
+    t = _run(work)
+    out.print(f"{t.slug}: plan {t.plan}, status {t.status}")
+
+
+@tenant_app.command("suspend")
+def tenant_suspend(slug: str) -> None:
+    """Suspend a tenant: its credentials get 403 tenant_suspended."""
+    _update(slug, status="suspended")
+
+
+@tenant_app.command("resume")
+def tenant_resume(slug: str) -> None:
+    """Resume a suspended tenant."""
+    _update(slug, status="active")
+
+
+@tenant_app.command("set-plan")
+def tenant_set_plan(slug: str, plan: str = typer.Option(..., help="the new plan")) -> None:
+    """Move a tenant to another plan."""
+    _update(slug, plan=plan)
+
+
+@tenant_app.command("delete")
+def tenant_delete(slug: str, confirm: str = typer.Option(None, help="repeat the slug to confirm")
+                  ) -> None:
+    """Drop a tenant's schema, role, keys and data keys (its audit trail stays)."""
+    async def work(db: Database, _s: Settings) -> Any:
+        return await tenants.delete_tenant(db, slug, confirm=confirm, actor=CLI_ACTOR)
+    _run(work)
+    out.print(f"deleted {slug}")
+
+
+@tenant_app.command("rotate-key")
+def tenant_rotate_key(slug: str) -> None:
+    """Rotate the tenant's data-encryption key and re-encrypt its secrets."""
+    async def work(db: Database, settings: Settings) -> int:
+        async with db.platform() as uow:
+            tenant = await tenants.get_tenant(uow.conn, slug)
+            version = await keys.rotate_key(uow.conn, settings.master_key_bytes, tenant.id, slug)
+            await audit.record(uow.conn, tenant.id, actor=CLI_ACTOR, action="data_key.rotate",
+                               target=slug, detail={"version": version})
+            await uow.commit()
+            return version
+    out.print(f"{slug}: data key version {_run(work)} active")
+
+
+@key_app.command("create")
+def key_create(tenant: str = typer.Option(..., help="tenant slug"),
+               name: str = typer.Option(..., help="a label for the key"),
+               role: str = typer.Option("viewer", help="owner, admin, trader or viewer")) -> None:
+    """Mint an API key for a tenant (printed once)."""
+    async def work(db: Database, _s: Settings) -> api_keys.CreatedKey:
+        async with db.platform() as uow:
+            t = await tenants.get_tenant(uow.conn, tenant)
+            created = await api_keys.create_key(uow.conn, t.id, name=name,
+                                                role=Role.parse(role), actor=CLI_ACTOR,
+                                                actor_role=Role.OWNER)
+            await uow.commit()
+            return created
+    created = _run(work)
+    out.print(f"{created.info.prefix}  {created.info.role}  {created.plaintext}", soft_wrap=True)
+
+
+@key_app.command("list")
+def key_list(tenant: str = typer.Option(..., help="tenant slug")) -> None:
+    """List a tenant's keys (never the secrets)."""
+    async def work(db: Database, _s: Settings) -> list[Any]:
+        async with db.platform() as uow:
+            t = await tenants.get_tenant(uow.conn, tenant)
+            return await api_keys.list_keys(uow.conn, t.id)
+    table = Table("prefix", "name", "role", "created", "last used", "revoked", "id")
+    fmt = lambda d: d.strftime("%Y-%m-%d %H:%M") if d else "-"  # noqa: E731
+    for k in _run(work):
+        table.add_row(k.prefix, k.name, k.role, fmt(k.created_at), fmt(k.last_used_at),
+                      fmt(k.revoked_at), str(k.id))
+    out.print(table)
+
+
+@key_app.command("revoke")
+def key_revoke(key: str = typer.Argument(..., help="the key's id or prefix"),
+               tenant: str = typer.Option(..., help="tenant slug")) -> None:
+    """Revoke one of a tenant's keys."""
+    async def work(db: Database, _s: Settings) -> Any:
+        async with db.platform() as uow:
+            t = await tenants.get_tenant(uow.conn, tenant)
+            info = await api_keys.revoke_key(uow.conn, t.id, key, actor=CLI_ACTOR)
+            await uow.commit()
+            return info
+    out.print(f"revoked {_run(work).prefix}")
+
+
+@audit_app.command("verify")
+def audit_verify(tenant: str = typer.Option(None, help="only this tenant's chain")) -> None:
+    """Walk the hash chains and name the first broken link of each."""
+    async def work(db: Database, _s: Settings) -> list[audit.ChainReport]:
+        async with db.platform() as uow:
+            tenant_id = (await tenants.get_tenant(uow.conn, tenant)).id if tenant else None
+            return await audit.verify(uow.conn, tenant_id)
+    reports = _run(work)
+    broken = [r for r in reports if not r.ok]
+    for r in reports:
+        if r.ok:
+            out.print(f"{r.tenant_id}  {r.entries} entries  [green]ok[/green]")
+        else:
+            out.print(f"{r.tenant_id}  [red]broken at seq {r.broken_seq}[/red] (row {r.broken_id}):"
+                      f" {r.reason}")
+    out.print(f"{len(reports)} chains, {len(broken)} broken")
+    if broken:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Gateway routes, one module per resource; each route is thin and names its dependencies."""

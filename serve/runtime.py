@@ -1,0 +1,110 @@
+"""Start and stop the platform's parts: PostgreSQL, Redis, Ray, Serve.
+
+What the settings name is used as is; what they leave unset is started here (embedded
+PostgreSQL and Redis, a local Ray) and stopped again by `Runtime.close`, in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+from serve.embedded import EmbeddedPostgres, EmbeddedRedis
+from tenancy.db import Database
+from tenancy.migrate import SchemaReport, migrate_all
+from tenancy.settings import Settings, SettingsError
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """Owns whatever it started; `settings` always holds resolved URLs once opened."""
+
+    def __init__(self, settings: Settings) -> None:
+        if settings.ray_address and (settings.embedded_database or settings.embedded_redis):
+            raise SettingsError(
+                "with RAY_ADDRESS set (a remote Ray cluster) the platform needs external "
+                "servers: set ATP_DATABASE_URL and ATP_REDIS_URL",
+                field="ATP_DATABASE_URL" if settings.embedded_database else "ATP_REDIS_URL")
+        self.settings = settings
+        self._stops: list[tuple[str, Callable[[], None]]] = []
+
+    def open_database(self) -> Settings:
+        if self.settings.database_url is None:
+            pg = EmbeddedPostgres.start(self.settings.data_dir)
+            self._stops.append(("postgres", pg.stop))
+            self.settings = self.settings.model_copy(update={"database_url": pg.url})
+        return self.settings
+
+    def open_redis(self) -> Settings:
+        if self.settings.redis_url is None:
+            redis = EmbeddedRedis.start(self.settings.data_dir)
+            self._stops.append(("redis", redis.stop))
+            self.settings = self.settings.model_copy(update={"redis_url": redis.url})
+        return self.settings
+
+    def migrate(self, on_report: Callable[[SchemaReport], None] | None = None
+                ) -> list[SchemaReport]:
+        assert self.settings.database_url is not None
+
+        async def run() -> list[SchemaReport]:
+            db = Database.from_url(self.settings.database_url or "", pool_size=2)
+            try:
+                return await migrate_all(db, on_report)
+            finally:
+                await db.dispose()
+
+        return asyncio.run(run())
+
+    def start_ray(self) -> None:
+        import ray
+
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        if self.settings.ray_address:
+            ray.init(address=self.settings.ray_address, namespace="atp-system")
+        else:
+            ray.init(address="local", namespace="atp-system",
+                     num_cpus=self.settings.ray_num_cpus,
+                     include_dashboard=self.settings.ray_include_dashboard)
+        self._stops.append(("ray", ray.shutdown))
+
+    def start_gateway(self) -> str:
+        """Start Serve's HTTP proxy and deploy the gateway; return its base URL."""
+        from ray import serve
+
+        from serve.app import GATEWAY_APP, build_app
+
+        serve.start(http_options={"host": self.settings.http_host,
+                                  "port": self.settings.http_port})
+        self._stops.append(("serve", serve.shutdown))
+        serve.run(build_app(self.settings), name=GATEWAY_APP, route_prefix="/")
+        return f"http://{self.settings.http_host}:{self.settings.http_port}"
+
+    def close(self) -> None:
+        while self._stops:
+            name, stop = self._stops.pop()
+            try:
+                stop()
+            except Exception:
+                log.exception("stopping %s failed", name)
+
+
+def wait_for_signal() -> None:
+    """Block until SIGINT or SIGTERM."""
+    stop = threading.Event()
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -1,0 +1,111 @@
+"""Database engine and units of work.
+
+Two kinds of unit of work, both one transaction that rolls back unless committed:
+
+* `Database.platform()` runs as the platform's own role (master schema, provisioning).
+* `Database.tenant(tenant_id, slug)` begins with ``SET LOCAL ROLE <tenant role>``,
+  ``SET LOCAL search_path`` and ``atp.tenant_id``, so PostgreSQL itself refuses any
+  other tenant's schema and row-level security hides other tenants' shared rows.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from tenancy.identifiers import quote_ident, tenant_schema
+from trading.errors import Unavailable
+
+
+def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+    """Create the async engine (asyncpg) for `url`."""
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={"server_settings": {"application_name": "atp"}},
+    )
+
+
+@dataclass
+class UnitOfWork:
+    """One transaction. Call `commit()` to keep its writes; anything else rolls back."""
+
+    conn: AsyncConnection
+    committed: bool = False
+
+    async def commit(self) -> None:
+        await self.conn.commit()
+        self.committed = True
+
+
+class Database:
+    """The platform's PostgreSQL: an engine plus the two kinds of unit of work."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def from_url(cls, url: str, *, pool_size: int = 10) -> Database:
+        return cls(make_engine(url, pool_size=pool_size))
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def platform(self) -> AsyncIterator[UnitOfWork]:
+        """A transaction as the platform role."""
+        async with self._connect() as conn:
+            uow = UnitOfWork(conn)
+            await conn.begin()
+            try:
+                yield uow
+            finally:
+                if not uow.committed and conn.in_transaction():
+                    await conn.rollback()
+
+    @asynccontextmanager
+    async def tenant(self, tenant_id: uuid.UUID, slug: str) -> AsyncIterator[UnitOfWork]:
+        """A transaction confined to one tenant's role, schema and shared rows."""
+        role = quote_ident(tenant_schema(slug))
+        tid = str(uuid.UUID(str(tenant_id)))  # normalised: safe to inline
+        async with self._connect() as conn:
+            uow = UnitOfWork(conn)
+            await conn.begin()
+            try:
+                raw = await conn.get_raw_connection()
+                # One round trip; simple-query protocol allows several statements.
+                await raw.driver_connection.execute(  # type: ignore[union-attr]
+                    f"SET LOCAL ROLE {role}; SET LOCAL search_path TO {role};"
+                    f" SELECT set_config('atp.tenant_id', '{tid}', true)")
+                yield uow
+            finally:
+                if not uow.committed and conn.in_transaction():
+                    await conn.rollback()
+
+    @asynccontextmanager
+    async def _connect(self) -> AsyncIterator[AsyncConnection]:
+        conn = self.engine.connect()
+        try:
+            await conn.start()
+        except (OperationalError, OSError, DBAPIError) as exc:
+            raise Unavailable("the database cannot be reached", code="database_unavailable") \
+                from exc
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
+    async def ping(self) -> None:
+        """Raise `Unavailable` unless a trivial query succeeds."""
+        async with self._connect() as conn:
+            await conn.execute(text("SELECT 1"))
+            await conn.rollback()

@@ -1,0 +1,1 @@
+"""Alembic migration trees: ``master`` (schema ``platform``) and ``tenant`` (each tenant schema)."""

