@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import functools
-
+from fastapi import FastAPI
 from ray import serve
 from ray.serve import Application
 
@@ -16,6 +15,10 @@ GATEWAY_APP = "gateway"
 def build_app(settings: Settings, *, replicas: int | None = None,
               num_cpus: float | None = None) -> Application:
     """Return the gateway application: a FastAPI ingress built on each replica."""
+
+    def build_api() -> FastAPI:  # a plain function: Serve calls it on each replica
+        return create_api(settings)
+
     deployment = serve.deployment(
         name="Gateway",
         num_replicas=replicas or settings.gateway_replicas,
@@ -23,5 +26,5 @@ def build_app(settings: Settings, *, replicas: int | None = None,
                            else settings.gateway_num_cpus},
         max_ongoing_requests=200,
         health_check_period_s=10,
-    )(serve.ingress(functools.partial(create_api, settings))())
+    )(serve.ingress(build_api)())
     return deployment.bind()

@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from serve.runtime import Runtime, wait_for_signal
+from serve.runtime import Runtime, ShutdownSignal
 from tenancy import api_keys, audit, keys, tenants
 from tenancy.db import Database
 from tenancy.migrate import SchemaReport
@@ -112,6 +112,7 @@ def migrate() -> None:
 
 
 def _serve(runtime: Runtime, after_start: Callable[[str], None]) -> None:
+    shutdown = ShutdownSignal()
     runtime.open_database()
     runtime.open_redis()
     reports = runtime.migrate()
@@ -119,10 +120,14 @@ def _serve(runtime: Runtime, after_start: Callable[[str], None]) -> None:
         for r in reports:
             _print_report(r)
         raise typer.Exit(1)
+    if shutdown.requested:
+        return
     runtime.start_ray()
+    shutdown.install()  # ray.init replaced the SIGTERM handler
     url = runtime.start_gateway()
-    after_start(url)
-    wait_for_signal()
+    if not shutdown.requested:
+        after_start(url)
+        shutdown.wait()
     out.print("shutting down…")
 
 

@@ -94,17 +94,28 @@ class Runtime:
                 log.exception("stopping %s failed", name)
 
 
-def wait_for_signal() -> None:
-    """Block until SIGINT or SIGTERM."""
-    stop = threading.Event()
+class ShutdownSignal:
+    """SIGINT/SIGTERM set a flag instead of killing the process mid-way.
 
-    def handler(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
+    Install it before starting anything and again after ``ray.init`` (which replaces the
+    SIGTERM handler); a signal that arrives during start-up is honoured once it ends.
+    """
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        while not stop.wait(1.0):
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.install()
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, _signum: int, _frame: FrameType | None) -> None:
+        self._event.set()
+
+    @property
+    def requested(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self) -> None:
+        while not self._event.wait(1.0):
             pass
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
