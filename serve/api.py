@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
+from serve.authcache import AuthCache, asyncpg_dsn
 from serve.deps import Services
 from serve.errors import install_error_handlers
 from serve.limits import Limiter
@@ -38,11 +39,13 @@ def make_services(settings: Settings) -> Services:
                            socket_connect_timeout=settings.redis_timeout_seconds,
                            health_check_interval=30)
     limiter = Limiter(redis)
+    auth = Authenticator(jwt_secret=settings.secret("jwt_secret"),
+                         operator_token=settings.secret("operator_token"),
+                         jwt_ttl_seconds=settings.jwt_ttl_seconds)
     return Services(
-        settings=settings, db=db, redis=redis,
-        auth=Authenticator(jwt_secret=settings.secret("jwt_secret"),
-                           operator_token=settings.secret("operator_token"),
-                           jwt_ttl_seconds=settings.jwt_ttl_seconds),
+        settings=settings, db=db, redis=redis, auth=auth,
+        auth_cache=AuthCache(auth, db, asyncpg_dsn(settings.database_url),
+                             ttl_seconds=settings.auth_cache_seconds),
         limiter=limiter, flusher=UsageFlusher(db, redis, limiter.local_usage))
 
 
@@ -63,9 +66,11 @@ def create_api(settings: Settings) -> FastAPI:
         services = make_services(settings)
         app.state.services = services
         flusher = asyncio.create_task(_flush_forever(services))
+        services.auth_cache.start()
         try:
             yield
         finally:
+            await services.auth_cache.stop()
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher

@@ -13,6 +13,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from redis.asyncio import Redis
 
+from serve.authcache import AuthCache
 from serve.limits import Limiter
 from serve.usage import UsageFlusher
 from tenancy.auth import Authenticator, Principal, TenantContext
@@ -30,11 +31,12 @@ class Services:
     db: Database
     redis: Redis
     auth: Authenticator
+    auth_cache: AuthCache
     limiter: Limiter
     flusher: UsageFlusher
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
 
 
@@ -51,10 +53,7 @@ def _bearer(request: Request) -> str:
 
 async def get_principal(request: Request, services: ServicesDep) -> Principal:
     """Authenticate the request's credential (Authorization: Bearer, or X-API-Key)."""
-    credential = _bearer(request)
-    async with services.db.platform() as uow:
-        principal = await services.auth.authenticate(uow.conn, credential)
-        await uow.commit()
+    principal = await services.auth_cache.authenticate(_bearer(request))
     request.state.principal = principal
     return principal
 

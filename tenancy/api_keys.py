@@ -9,6 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tenancy import audit
+from tenancy.auth import notify_auth_change
 from tenancy.credentials import generate_api_key
 from tenancy.models import ApiKeyInfo
 from tenancy.roles import Role
@@ -69,6 +70,7 @@ async def revoke_key(conn: AsyncConnection, tenant_id: uuid.UUID, key_ref: str, 
              f" RETURNING {_COLUMNS}"), params)).first()
     if row is None:
         raise NotFound(f"no API key {key_ref!r}", field="id")
+    await notify_auth_change(conn, tenant_id)
     await audit.record(conn, tenant_id, actor=actor, action="api_key.revoke",
                        target=row.prefix, detail={"name": row.name})
     return ApiKeyInfo.from_row(row)

@@ -28,6 +28,7 @@ from tenancy.roles import Role
 from trading.errors import Forbidden, Invalid, Unauthenticated
 
 LAST_USED_RESOLUTION_SECONDS = 60.0
+AUTH_CHANNEL = "atp_auth"
 
 _TENANT_FIELDS = ("t.id AS tenant_id, t.slug, t.name AS tenant_name, t.plan, t.status,"
                   " p.rate_per_second, p.burst, p.api_calls_per_month")
@@ -73,6 +74,15 @@ def _check_status(tenant: TenantContext) -> None:
         raise Forbidden(f"tenant {tenant.slug!r} is suspended", code="tenant_suspended")
     if tenant.status != "active":
         raise Unauthenticated("the credential's tenant no longer exists", code="tenant_gone")
+
+
+async def notify_auth_change(conn: AsyncConnection, tenant_id: uuid.UUID) -> None:
+    """Tell every gateway replica, on commit, to forget cached credentials of a tenant.
+
+    Call it inside the transaction that revokes a key, suspends, resumes, re-plans or
+    deletes a tenant: PostgreSQL delivers the notification only if that transaction commits.
+    """
+    await conn.execute(text("SELECT pg_notify(:c, :t)"), {"c": AUTH_CHANNEL, "t": str(tenant_id)})
 
 
 class Authenticator:

@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     gateway_num_cpus: float = Field(default=0.25, gt=0, le=16)
     db_pool_size: int = Field(default=10, ge=1, le=200)
     usage_flush_seconds: float = Field(default=10.0, gt=0, le=3600)
+    auth_cache_seconds: float = Field(default=5.0, ge=0, le=300)
     redis_timeout_seconds: float = Field(default=0.5, gt=0, le=30)
     ray_include_dashboard: bool = True
     ray_num_cpus: int | None = Field(default=None, ge=1)

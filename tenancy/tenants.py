@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tenancy import audit, keys
+from tenancy.auth import notify_auth_change
 from tenancy.credentials import generate_api_key, generate_password, hash_password
 from tenancy.db import Database
 from tenancy.identifiers import quote_ident, slug_from_name, tenant_schema, validate_slug
@@ -204,6 +205,7 @@ async def update_tenant(db: Database, slug: str, *, actor: str, plan: str | None
         await conn.execute(
             text(f"UPDATE platform.tenants SET {sets}, updated_at = now(),"
                  " version = version + 1 WHERE id = :id"), {**changes, "id": tenant.id})
+        await notify_auth_change(conn, tenant.id)
         for column, value in changes.items():
             action = ("tenant.plan_change" if column == "plan" else
                       "tenant.suspend" if value == "suspended" else "tenant.resume")
@@ -238,6 +240,7 @@ async def delete_tenant(db: Database, slug: str, *, confirm: str | None, actor: 
         await conn.execute(
             text("UPDATE platform.tenants SET status = 'deleted', deleted_at = now(),"
                  " updated_at = now(), version = version + 1 WHERE id = :t"), {"t": tenant.id})
+        await notify_auth_change(conn, tenant.id)
         await audit.record(conn, tenant.id, actor=actor, action="tenant.delete", target=slug,
                            detail={"name": tenant.name})
         deleted = await _tenant_by_id(conn, tenant.id)
