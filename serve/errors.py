@@ -18,6 +18,7 @@ from trading.errors import (
     AtpError,
     Conflict,
     Forbidden,
+    Internal,
     Invalid,
     NotFound,
     QuotaExceeded,
@@ -37,6 +38,7 @@ STATUS: dict[type[AtpError], int] = {
     RateLimited: 429,
     QuotaExceeded: 429,
     Unavailable: 503,
+    Internal: 500,
 }
 
 
@@ -53,6 +55,9 @@ def error_body(code: str, message: str, field: str | None = None) -> dict[str, A
 
 def error_response(exc: AtpError) -> JSONResponse:
     status = status_for(exc)
+    if status >= 500 and status != 503:
+        log.error("internal error %r", exc)
+        return JSONResponse(error_body(exc.code, "internal error"), status_code=status)
     headers: dict[str, str] = {}
     if isinstance(exc, RateLimited):
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))

@@ -76,16 +76,15 @@ class Database:
     async def tenant(self, tenant_id: uuid.UUID, slug: str) -> AsyncIterator[UnitOfWork]:
         """A transaction confined to one tenant's role, schema and shared rows."""
         role = quote_ident(tenant_schema(slug))
-        tid = str(uuid.UUID(str(tenant_id)))  # normalised: safe to inline
+        tid = str(uuid.UUID(str(tenant_id)))
         async with self._connect() as conn:
             uow = UnitOfWork(conn)
             await conn.begin()
             try:
-                raw = await conn.get_raw_connection()
-                # One round trip; simple-query protocol allows several statements.
-                await raw.driver_connection.execute(  # type: ignore[union-attr]
-                    f"SET LOCAL ROLE {role}; SET LOCAL search_path TO {role};"
-                    f" SELECT set_config('atp.tenant_id', '{tid}', true)")
+                await conn.execute(text(f"SET LOCAL ROLE {role}"))
+                await conn.execute(text(f"SET LOCAL search_path TO {role}"))
+                await conn.execute(text("SELECT set_config('atp.tenant_id', :t, true)"),
+                                   {"t": tid})
                 yield uow
             finally:
                 if not uow.committed and conn.in_transaction():

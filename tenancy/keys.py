@@ -20,14 +20,14 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tenancy.identifiers import quote_ident, tenant_schema
-from trading.errors import AtpError, NotFound
+from trading.errors import Internal, NotFound
 
 _FORMAT = 1
 _HEADER = struct.Struct(">BI")  # format byte, key version
 _NONCE = 12
 
 
-class DecryptionError(AtpError):
+class DecryptionError(Internal):
     """A ciphertext that does not authenticate (wrong tenant, context, key or tampered)."""
 
     default_code = "decryption_failed"

@@ -12,7 +12,8 @@ the branches to HTTP status codes in one table and renders every body the same w
     ├── Forbidden               authenticated but not allowed (role, suspension): 403
     ├── RateLimited             request rate above the plan: 429 with Retry-After
     ├── QuotaExceeded           monthly allowance used up: 429
-    └── Unavailable             a backing service cannot be reached: 503
+    ├── Unavailable             a backing service cannot be reached: 503
+    └── Internal                corrupt data or a broken invariant: 500
 
 Errors keep their fields through pickling, so they survive crossing Ray actors.
 """
@@ -106,3 +107,9 @@ class Unavailable(AtpError):
     """A backing service (PostgreSQL, Redis, Ray) cannot be reached."""
 
     default_code = "unavailable"
+
+
+class Internal(AtpError):
+    """Corrupt stored data or a broken invariant: the platform's fault, never the caller's."""
+
+    default_code = "internal"
