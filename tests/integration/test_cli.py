@@ -1,0 +1,107 @@
+"""The `atp` command line against the test database (subprocesses, as a person runs it)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tenancy.db import Database
+from tenancy.settings import Settings
+from tests.conftest import TEST_DB_URL, random_slug
+
+
+@pytest.fixture(scope="module")
+def atp(settings: Settings, db: Database):  # type: ignore[no-untyped-def]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ATP_", "RAY_ADDRESS"))}
+    env.update({"ATP_DATABASE_URL": TEST_DB_URL, "ATP_DEV_MODE": "1",
+                "ATP_DATA_DIR": str(settings.data_dir), "COLUMNS": "200"})
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "serve.cli", *args], env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    return run
+
+
+def test_help_lists_every_command(atp) -> None:  # type: ignore[no-untyped-def]
+    top = atp("--help")
+    assert top.returncode == 0
+    for command in ("up", "demo", "migrate", "tenant", "api-key", "audit"):
+        assert command in top.stdout
+    tenant = atp("tenant", "--help").stdout
+    for command in ("create", "list", "show", "suspend", "resume", "set-plan", "delete"):
+        assert command in tenant
+    assert "create" in atp("api-key", "--help").stdout and "revoke" in atp("api-key", "--help").stdout
+    assert "verify" in atp("audit", "--help").stdout
+
+
+def test_tenant_lifecycle(atp) -> None:  # type: ignore[no-untyped-def]
+    slug = random_slug()
+    created = atp("tenant", "create", "--name", "Acme Corp", "--plan", "professional",
+                  "--email", f"admin@{slug}.example.com", "--slug", slug)
+    assert created.returncode == 0, created.stderr
+    assert re.search(rf"slug\s+{slug}", created.stdout)
+    key = re.search(r"api key\s+(atp_\S+)", created.stdout)
+    assert key
+    assert slug in atp("tenant", "list").stdout
+    assert '"plan": "professional"' in atp("tenant", "show", slug).stdout
+    assert "status suspended" in atp("tenant", "suspend", slug).stdout
+    assert "status active" in atp("tenant", "resume", slug).stdout
+    assert "plan starter" in atp("tenant", "set-plan", slug, "--plan", "starter").stdout
+
+    new_key = atp("api-key", "create", "--tenant", slug, "--name", "ci", "--role", "trader")
+    assert new_key.returncode == 0 and "atp_" in new_key.stdout
+    prefix = new_key.stdout.split()[0]
+    assert prefix in atp("api-key", "list", "--tenant", slug).stdout
+    assert f"revoked {prefix}" in atp("api-key", "revoke", prefix, "--tenant", slug).stdout
+    assert "data key version 2" in atp("tenant", "rotate-key", slug).stdout
+
+    refused = atp("tenant", "delete", slug)
+    assert refused.returncode == 2 and "--confirm" in refused.stderr
+    assert atp("tenant", "delete", slug, "--confirm", slug).returncode == 0
+    assert slug not in atp("tenant", "list").stdout
+
+
+@pytest.mark.parametrize(("args", "option", "code"), [
+    (["--name", "X", "--plan", "gold", "--email", "a@example.com"], "--plan", 2),
+    (["--name", "X", "--plan", "starter", "--email", "nope"], "--email", 2),
+    (["--name", "X", "--plan", "starter", "--email", "a@example.com", "--slug", "Bad"],
+     "--slug", 2),
+    (["--plan", "starter", "--email", "a@example.com"], "--name", 2),
+])
+def test_bad_options_exit_non_zero_naming_the_option(atp, args: list[str], option: str,  # type: ignore[no-untyped-def]
+                                                     code: int) -> None:
+    result = atp("tenant", "create", *args)
+    assert result.returncode == code
+    assert option in result.stderr + result.stdout
+
+
+def test_duplicate_slug_and_unknown_tenant(atp) -> None:  # type: ignore[no-untyped-def]
+    slug = random_slug()
+    assert atp("tenant", "create", "--name", "Dup", "--plan", "starter", "--email",
+               "dup@example.com", "--slug", slug).returncode == 0
+    dup = atp("tenant", "create", "--name", "Dup", "--plan", "starter", "--email",
+              "dup2@example.com", "--slug", slug)
+    assert dup.returncode == 1 and "already exists" in dup.stderr
+    missing = atp("tenant", "show", "t-does-not-exist")
+    assert missing.returncode == 1 and "no tenant" in missing.stderr
+
+
+def test_migrate_reports_per_schema(atp) -> None:  # type: ignore[no-untyped-def]
+    result = atp("migrate")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"platform\s+m0001 → m0001\s+up to date", result.stdout)
+    assert "0 failed" in result.stdout
+
+
+def test_production_mode_refuses_missing_secrets(atp, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATP_")}
+    env.update({"ATP_DATABASE_URL": TEST_DB_URL, "ATP_DATA_DIR": str(settings.data_dir)})
+    result = subprocess.run([sys.executable, "-m", "serve.cli", "migrate"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "ATP_JWT_SECRET" in result.stderr
