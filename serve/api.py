@@ -46,16 +46,24 @@ def make_services(settings: Settings) -> Services:
         settings=settings, db=db, redis=redis, auth=auth,
         auth_cache=AuthCache(auth, db, asyncpg_dsn(settings.database_url),
                              ttl_seconds=settings.auth_cache_seconds),
-        limiter=limiter, flusher=UsageFlusher(db, redis, limiter.local_usage))
+        limiter=limiter, flusher=UsageFlusher(db, redis, limiter))
 
 
 async def _flush_forever(services: Services) -> None:
+    """Push leased-call counts to Redis often, and flush Redis to PostgreSQL less often."""
+    push_every = min(1.0, services.settings.usage_flush_seconds)
+    last_flush = asyncio.get_running_loop().time()
     while True:
-        await asyncio.sleep(services.settings.usage_flush_seconds)
+        await asyncio.sleep(push_every)
         try:
-            await services.flusher.flush()
+            if asyncio.get_running_loop().time() - last_flush >= \
+                    services.settings.usage_flush_seconds:
+                last_flush = asyncio.get_running_loop().time()
+                await services.flusher.flush()
+            elif not services.limiter.degraded:
+                await services.limiter.push()
         except Exception:
-            log.exception("usage flush failed; retrying next interval")
+            log.exception("usage push/flush failed; retrying next interval")
 
 
 def create_api(settings: Settings) -> FastAPI:

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import text
 
-from serve.limits import MONTH_TTL_SECONDS, PENDING_KEY, LocalUsage, month_key
+from serve.limits import MONTH_TTL_SECONDS, PENDING_KEY, Limiter, month_key
 from tenancy.db import Database
 
 log = logging.getLogger(__name__)
@@ -79,10 +79,11 @@ async def month_totals(db: Database, tenant_ids: set[uuid.UUID]) -> dict[tuple[u
 class UsageFlusher:
     """Moves counted calls into PostgreSQL; one per gateway replica, safe to run in many."""
 
-    def __init__(self, db: Database, redis: Redis, local: LocalUsage) -> None:
+    def __init__(self, db: Database, redis: Redis, limiter: Limiter) -> None:
         self._db = db
         self._redis = redis
-        self._local = local
+        self._limiter = limiter
+        self._local = limiter.local_usage
         self._seal = redis.register_script(_SEAL)
         self._raise_month = redis.register_script(_RAISE_MONTH)
         self._replica = uuid.uuid4().hex
@@ -93,6 +94,7 @@ class UsageFlusher:
         """Flush everything pending; return the number of calls newly recorded."""
         recorded, touched = await self._flush_local()
         try:
+            await self._limiter.push()
             from_redis, touched_redis = await self._flush_redis()
             await self._reconcile(touched | touched_redis)
         except RedisError as exc:

@@ -79,6 +79,8 @@ async def test_unlimited_plans_are_counted_but_never_refused(redis_client: aiore
     ctx = _ctx(uuid.uuid4(), rate=None, burst=None, calls=None, plan="enterprise")
     for _ in range(50):
         await limiter.admit(ctx)
+    assert await limiter.push() == 50
+    assert await limiter.push() == 0
     day = datetime.now(UTC).strftime("%Y-%m-%d")
     assert int(await redis_client.hget(PENDING_KEY, f"{ctx.id}|{day}")) == 50
 
@@ -87,7 +89,8 @@ async def test_flush_moves_counts_to_postgres_exactly_once(
         db: Database, redis_client: aioredis.Redis, make_tenant: TenantFactory) -> None:
     t = (await make_tenant()).tenant
     limiter = Limiter(redis_client)
-    flushers = [UsageFlusher(db, redis_client, limiter.local_usage) for _ in range(3)]
+    flushers = [UsageFlusher(db, redis_client, Limiter(redis_client)) for _ in range(2)]
+    flushers.append(UsageFlusher(db, redis_client, limiter))
     ctx = _ctx(t.id, rate=None, burst=None, calls=None)
     for _ in range(25):
         await limiter.admit(ctx)
@@ -96,8 +99,8 @@ async def test_flush_moves_counts_to_postgres_exactly_once(
     assert await _calls_in_db(db, t.id) == 25
     for _ in range(5):
         await limiter.admit(ctx)
+    await flushers[2].flush()  # the replica that counted them pushes and flushes
     await flushers[0].flush()
-    await flushers[1].flush()
     assert await _calls_in_db(db, t.id) == 30
     assert await redis_client.scard(BATCHES_SET) == 0
 
@@ -115,7 +118,7 @@ async def test_month_counter_is_reseeded_from_postgres_after_redis_loses_it(
         db: Database, redis_client: aioredis.Redis, make_tenant: TenantFactory) -> None:
     t = (await make_tenant()).tenant
     limiter = Limiter(redis_client)
-    flusher = UsageFlusher(db, redis_client, limiter.local_usage)
+    flusher = UsageFlusher(db, redis_client, limiter)
     ctx = _ctx(t.id, rate=None, burst=None, calls=5)
     for _ in range(4):
         await limiter.admit(ctx)
@@ -145,8 +148,60 @@ async def test_redis_down_keeps_serving_with_local_limits_and_counts(
             outcomes.append(False)
     assert limiter.degraded
     assert outcomes[:3] == [True, True, True] and outcomes.count(True) <= 4
-    flusher = UsageFlusher(db, dead, limiter.local_usage)
+    flusher = UsageFlusher(db, dead, limiter)
     recorded = await flusher.flush()
     assert recorded == outcomes.count(True)
     assert await _calls_in_db(db, t.id) == outcomes.count(True)
     await dead.aclose()
+
+
+async def test_leases_never_exceed_the_shared_bucket(redis_client: aioredis.Redis) -> None:
+    """Busy plans take tokens in leases; across replicas the bucket still bounds them."""
+    replicas = [Limiter(redis_client, lease_seconds=0.05) for _ in range(3)]
+    ctx = _ctx(uuid.uuid4(), rate=400, burst=40, calls=None)  # leases of 20 tokens
+    admitted = 0
+    started = asyncio.get_running_loop().time()
+    for i in range(300):
+        try:
+            await replicas[i % 3].admit(ctx)
+            admitted += 1
+        except RateLimited:
+            pass
+    elapsed = asyncio.get_running_loop().time() - started
+    assert admitted <= 40 + 400 * elapsed + 1
+    assert admitted >= 40  # the burst is usable
+
+
+async def test_leased_calls_are_pushed_once_even_when_a_push_is_retried(
+        redis_client: aioredis.Redis) -> None:
+    limiter = Limiter(redis_client)
+    ctx = _ctx(uuid.uuid4(), rate=10_000, burst=10_000, calls=None)
+    for _ in range(30):
+        await limiter.admit(ctx)
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    field = f"{ctx.id}|{day}"
+    assert await redis_client.hget(PENDING_KEY, field) is None  # counted in process so far
+    batch = dict(limiter._to_push)
+    limiter._push_retry = ("retried-" + ctx.id.hex, batch)
+    limiter._to_push.clear()
+    await limiter.push()
+    limiter._push_retry = ("retried-" + ctx.id.hex, batch)  # as if the reply had been lost
+    await limiter.push()
+    assert int(await redis_client.hget(PENDING_KEY, field)) == 30
+    month = datetime.now(UTC).strftime("%Y-%m")
+    assert int(await redis_client.get(month_key(ctx.id, month))) == 30
+
+
+async def test_quota_is_exact_near_the_limit_with_leases(redis_client: aioredis.Redis) -> None:
+    limiter = Limiter(redis_client, exact_margin=10)
+    ctx = _ctx(uuid.uuid4(), rate=10_000, burst=10_000, calls=50)
+    admitted = 0
+    for _ in range(70):
+        try:
+            await limiter.admit(ctx)
+            admitted += 1
+        except QuotaExceeded:
+            pass
+        if admitted % 7 == 0:
+            await limiter.push()
+    assert admitted == 50
