@@ -1,1 +1,4 @@
-"""Ray actors per tenant (strategy, risk, execution) and system actors. Arrives with the runtime issue."""
+"""Ray actors per tenant (strategy, risk, execution) and system actors.
+
+Arrives with the runtime issue; nothing here yet.
+"""

@@ -23,16 +23,16 @@ from _common import Load, bench_database_url, recreate_database, run_load
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-import ray  # noqa: E402
-from fastapi import FastAPI  # noqa: E402
-from ray import serve  # noqa: E402
-from sqlalchemy import text  # noqa: E402
+import ray
+from fastapi import FastAPI
+from ray import serve
+from sqlalchemy import text
 
-from serve.app import build_app  # noqa: E402
-from tenancy.db import Database  # noqa: E402
-from tenancy.migrate import migrate_all  # noqa: E402
-from tenancy.settings import load_settings  # noqa: E402
-from tenancy.tenants import provision  # noqa: E402
+from serve.app import build_app
+from tenancy.db import Database
+from tenancy.migrate import migrate_all
+from tenancy.settings import load_settings
+from tenancy.tenants import provision
 
 PORT = 8765
 

@@ -40,7 +40,7 @@ class _Entry:
 def asyncpg_dsn(sqlalchemy_url: str) -> str:
     """Turn a ``postgresql+asyncpg://`` URL into a plain DSN for asyncpg."""
     parts = urllib.parse.urlsplit(sqlalchemy_url)
-    return urllib.parse.urlunsplit(("postgresql",) + tuple(parts[1:]))  # type: ignore[arg-type]
+    return urllib.parse.urlunsplit(("postgresql", *parts[1:]))
 
 
 class AuthCache:
@@ -118,7 +118,7 @@ class AuthCache:
             try:
                 conn = await asyncpg.connect(self._dsn)
                 lost = asyncio.Event()
-                conn.add_termination_listener(lambda _c: lost.set())
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(AUTH_CHANNEL, self._on_notify)
                 self._listening, delay = True, 0.5
                 while not lost.is_set() and not conn.is_closed():

@@ -45,7 +45,7 @@ STATUS: dict[type[AtpError], int] = {
 def status_for(exc: AtpError) -> int:
     for cls in type(exc).__mro__:
         if cls in STATUS:
-            return STATUS[cls]  # type: ignore[index]
+            return STATUS[cls]
     return 500
 
 

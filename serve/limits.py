@@ -22,7 +22,7 @@ call goes through Redis, so the quota is exact when it matters.
 **Redis down.** The gateway keeps serving, reads and writes alike, and degrades:
 
 * rate limits fall back to an in-process token bucket per replica with the plan's rate,
-  so the cluster-wide limit becomes at most ``replicas × rate`` (it fails *partly* open);
+  so the cluster-wide limit becomes at most ``replicas x rate`` (it fails *partly* open);
 * the monthly quota is checked against the last count this replica saw plus its own
   calls since, so calls through other replicas may overrun it;
 * calls are counted in process and written to PostgreSQL directly by the usage flusher,
@@ -292,7 +292,7 @@ class Limiter:
         batch_id, counts = self._push_retry
         entries = sorted(counts.items())
         keys = [f"atp:calls:pushed:{batch_id}", PENDING_KEY]
-        args: list[object] = [PUSH_DEDUPE_SECONDS, MONTH_TTL_SECONDS]
+        args: list[str | int] = [PUSH_DEDUPE_SECONDS, MONTH_TTL_SECONDS]
         for (tenant_id, day), n in entries:
             keys.append(month_key(tenant_id, day[:7]))
             args += [f"{tenant_id}|{day}", n]

@@ -26,7 +26,7 @@ class TokenRequest(Request):
 
 class TokenResponse(BaseModel):
     access_token: str
-    token_type: Literal["bearer"] = "bearer"
+    token_type: Literal["bearer"] = "bearer"  # noqa: S105 (a scheme name, not a secret)
     expires_at: int
     tenant: str
     role: str

@@ -60,6 +60,7 @@ async def list_keys(conn: AsyncConnection, tenant_id: uuid.UUID) -> list[ApiKeyI
 async def revoke_key(conn: AsyncConnection, tenant_id: uuid.UUID, key_ref: str, *,
                      actor: str) -> ApiKeyInfo:
     """Revoke a key of this tenant by id or prefix; another tenant's key is `NotFound`."""
+    params: dict[str, object]
     try:
         params = {"t": tenant_id, "id": uuid.UUID(key_ref), "p": None}
     except ValueError:

@@ -53,7 +53,8 @@ class AtpError(Exception):
         return {"code": self.code, "message": self.message, "field": self.field}
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(code={self.code!r}, message={self.message!r}, field={self.field!r})"
+        return (f"{type(self).__name__}(code={self.code!r}, message={self.message!r}, "
+                f"field={self.field!r})")
 
 
 class Invalid(AtpError):

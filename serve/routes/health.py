@@ -18,9 +18,12 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-async def _check(coro: object, timeout: float = 2.0) -> str:
+_CHECK_SECONDS = 2.0
+
+
+async def _check(coro: object) -> str:
     try:
-        await asyncio.wait_for(coro, timeout)  # type: ignore[arg-type]
+        await asyncio.wait_for(coro, _CHECK_SECONDS)  # type: ignore[arg-type]
     except Exception as exc:
         return f"down: {type(exc).__name__}"
     return "ok"
