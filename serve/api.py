@@ -19,6 +19,7 @@ from serve.authcache import AuthCache, asyncpg_dsn
 from serve.deps import Services
 from serve.errors import install_error_handlers
 from serve.limits import Limiter
+from serve.loginguard import LoginGuard
 from serve.routes import admin, audit, auth, health, keys
 from serve.usage import UsageFlusher
 from tenancy.auth import Authenticator
@@ -46,7 +47,8 @@ def make_services(settings: Settings) -> Services:
         settings=settings, db=db, redis=redis, auth=auth,
         auth_cache=AuthCache(auth, db, asyncpg_dsn(settings.database_url),
                              ttl_seconds=settings.auth_cache_seconds),
-        limiter=limiter, flusher=UsageFlusher(db, redis, limiter))
+        limiter=limiter, flusher=UsageFlusher(db, redis, limiter),
+        login_guard=LoginGuard(redis))
 
 
 async def _flush_forever(services: Services) -> None:

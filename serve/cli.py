@@ -141,6 +141,9 @@ def up(host: str = typer.Option(None, help="HTTP host (default 127.0.0.1)"),
         _serve(runtime, lambda url: out.print(f"gateway on {url} (OpenAPI: {url}/docs)"))
     except AtpError as exc:
         _fail(exc)
+    except (OSError, RuntimeError) as exc:  # e.g. the HTTP port is taken
+        err.print(f"[red]Error:[/red] could not start: {exc}")
+        raise typer.Exit(1) from None
     finally:
         runtime.close()
 
@@ -182,6 +185,9 @@ def demo(port: int = typer.Option(None, help="HTTP port (default 8000)", min=1, 
         _serve(runtime, announce)
     except AtpError as exc:
         _fail(exc)
+    except (OSError, RuntimeError) as exc:
+        err.print(f"[red]Error:[/red] could not start: {exc}")
+        raise typer.Exit(1) from None
     finally:
         runtime.close()
 

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 
 from serve.authcache import AuthCache
 from serve.limits import Limiter
+from serve.loginguard import LoginGuard
 from serve.usage import UsageFlusher
 from tenancy.auth import Authenticator, Principal, TenantContext
 from tenancy.db import Database
@@ -34,6 +35,7 @@ class Services:
     auth_cache: AuthCache
     limiter: Limiter
     flusher: UsageFlusher
+    login_guard: LoginGuard
 
 
 async def get_services(request: Request) -> Services:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tenancy.models import ApiKeyInfo, Tenant
+from tenancy.models import ApiKeyInfo, Plan, Tenant
 
 
 class Request(BaseModel):
@@ -32,19 +32,11 @@ class TokenResponse(BaseModel):
     role: str
 
 
-class TenantOut(BaseModel):
-    id: uuid.UUID
-    slug: str
-    name: str
-    plan: str
-    status: str
-    created_at: datetime
-    updated_at: datetime
-    version: int
-
-    @classmethod
-    def of(cls, tenant: Tenant) -> TenantOut:
-        return cls(**tenant.__dict__)
+# Read models of the master schema are already frozen records of exactly what a client
+# may see (never hashes or wrapped keys), so they serve as response bodies as they are.
+TenantOut = Tenant
+ApiKeyOut = ApiKeyInfo
+PlanOut = Plan
 
 
 class TenantSummary(BaseModel):
@@ -63,28 +55,16 @@ class MeResponse(BaseModel):
     email: str | None = None
 
 
-class ApiKeyOut(BaseModel):
-    id: uuid.UUID
-    name: str
-    role: str
-    prefix: str
-    created_by: str
-    created_at: datetime
-    last_used_at: datetime | None
-    revoked_at: datetime | None
-
-    @classmethod
-    def of(cls, info: ApiKeyInfo) -> ApiKeyOut:
-        return cls(**info.__dict__)
-
-
 class ApiKeyCreate(Request):
     name: str = Field(min_length=1, max_length=100)
     role: Literal["owner", "admin", "trader", "viewer"] = "viewer"
 
 
-class ApiKeyCreated(ApiKeyOut):
-    key: str = Field(description="the key itself; shown only in this response")
+@dataclass(frozen=True)
+class ApiKeyCreated(ApiKeyInfo):
+    """A new key's record plus the key itself, shown only in this response."""
+
+    key: str
 
 
 class AuditEntryOut(BaseModel):
@@ -117,17 +97,3 @@ class TenantPatch(Request):
     plan: str | None = Field(default=None, min_length=1, max_length=40)
     status: Literal["active", "suspended"] | None = None
     version: int | None = Field(default=None, description="expected version (optional)")
-
-
-class PlanOut(BaseModel):
-    code: str
-    name: str
-    price_cents: int | None
-    currency: str
-    max_bots: int | None
-    api_calls_per_month: int | None
-    storage_bytes: int | None
-    cpu: Decimal | None
-    memory_bytes: int | None
-    rate_per_second: Decimal | None
-    burst: int | None

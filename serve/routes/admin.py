@@ -20,7 +20,7 @@ async def create_tenant(body: TenantCreate, principal: OperatorDep, services: Se
     created = await tenants.provision(
         services.db, services.settings.master_key_bytes, name=body.name, plan=body.plan,
         email=body.email, slug=body.slug, password=body.password, actor=principal.actor)
-    return TenantCreated(tenant=TenantOut.of(created.tenant), owner_email=created.owner_email,
+    return TenantCreated(tenant=created.tenant, owner_email=created.owner_email,
                          api_key=created.api_key, owner_password=created.owner_password)
 
 
@@ -29,22 +29,22 @@ async def list_tenants(_: OperatorDep, services: ServicesDep,
                        status_: Literal["active", "suspended", "deleted"] | None =
                        Query(None, alias="status")) -> list[TenantOut]:
     async with services.db.platform() as uow:
-        return [TenantOut.of(t) for t in await tenants.list_tenants(uow.conn, status=status_)]
+        return await tenants.list_tenants(uow.conn, status=status_)
 
 
 @router.get("/tenants/{slug}", response_model=TenantOut)
 async def get_tenant(slug: str, _: OperatorDep, services: ServicesDep) -> TenantOut:
     async with services.db.platform() as uow:
-        return TenantOut.of(await tenants.get_tenant(uow.conn, slug))
+        return await tenants.get_tenant(uow.conn, slug)
 
 
 @router.patch("/tenants/{slug}", response_model=TenantOut)
 async def patch_tenant(slug: str, body: TenantPatch, principal: OperatorDep,
                        services: ServicesDep) -> TenantOut:
     """Change plan and/or status (suspend, resume); `version` guards concurrent edits."""
-    return TenantOut.of(await tenants.update_tenant(
+    return await tenants.update_tenant(
         services.db, slug, actor=principal.actor, plan=body.plan, status=body.status,
-        expected_version=body.version))
+        expected_version=body.version)
 
 
 @router.delete("/tenants/{slug}", response_model=TenantOut)
@@ -52,11 +52,11 @@ async def delete_tenant(slug: str, principal: OperatorDep, services: ServicesDep
                         confirm: str | None = Query(None, description="repeat the slug")
                         ) -> TenantOut:
     """Drop the tenant's schema, role and keys; its audit trail stays."""
-    return TenantOut.of(await tenants.delete_tenant(services.db, slug, confirm=confirm,
-                                                    actor=principal.actor))
+    return await tenants.delete_tenant(services.db, slug, confirm=confirm,
+                                       actor=principal.actor)
 
 
 @router.get("/plans", response_model=list[PlanOut])
 async def list_plans(_: OperatorDep, services: ServicesDep) -> list[PlanOut]:
     async with services.db.platform() as uow:
-        return [PlanOut(**p.__dict__) for p in await plans.list_plans(uow.conn)]
+        return await plans.list_plans(uow.conn)

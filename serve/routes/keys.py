@@ -17,7 +17,7 @@ async def list_keys(principal: AdminDep, services: ServicesDep) -> list[ApiKeyOu
     """Every key of the tenant, revoked ones included (never the secrets)."""
     async with services.db.platform() as uow:
         keys = await api_keys.list_keys(uow.conn, tenant_of(principal).id)
-    return [ApiKeyOut.of(k) for k in keys]
+    return keys
 
 
 @router.post("", response_model=ApiKeyCreated, status_code=status.HTTP_201_CREATED)
@@ -30,7 +30,7 @@ async def create_key(body: ApiKeyCreate, principal: AdminDep, services: Services
             uow.conn, tenant_of(principal).id, name=body.name, role=Role(body.role),
             actor=principal.actor, actor_role=principal.role)
         await uow.commit()
-    return ApiKeyCreated(**ApiKeyOut.of(created.info).model_dump(), key=created.plaintext)
+    return ApiKeyCreated(**created.info.__dict__, key=created.plaintext)
 
 
 @router.delete("/{key_id}", response_model=ApiKeyOut)
@@ -40,4 +40,4 @@ async def revoke_key(key_id: str, principal: AdminDep, services: ServicesDep) ->
         info = await api_keys.revoke_key(uow.conn, tenant_of(principal).id, key_id,
                                          actor=principal.actor)
         await uow.commit()
-    return ApiKeyOut.of(info)
+    return info

@@ -273,3 +273,30 @@ async def test_monthly_quota_is_429_quota_exceeded(http: httpx.AsyncClient,
 async def test_unknown_route_and_method_use_the_error_shape(http: httpx.AsyncClient) -> None:
     assert_error(await http.get("/v1/nothing-here"), 404, "not_found")
     assert_error(await http.put("/healthz"), 405, "method_not_allowed")
+
+
+async def test_password_guessing_is_throttled(http: httpx.AsyncClient,
+                                              make_tenant: TenantFactory) -> None:
+    created = await make_tenant()
+    for _ in range(10):
+        assert_error(await http.post("/v1/auth/token", json={"email": created.owner_email,
+                                                             "password": "guess guess"}),
+                     401, "invalid_login")
+    locked = await http.post("/v1/auth/token", json={"email": created.owner_email,
+                                                     "password": "correct horse battery"})
+    assert_error(locked, 429, "too_many_login_attempts")
+    assert int(locked.headers["retry-after"]) > 800
+    # Other users are not affected.
+    other = await make_tenant()
+    assert (await http.post("/v1/auth/token", json={"email": other.owner_email,
+                                                    "password": "correct horse battery"})
+            ).status_code == 200
+
+
+async def test_last_use_of_a_key_is_recorded(http: httpx.AsyncClient,
+                                             make_tenant: TenantFactory) -> None:
+    created = await make_tenant()
+    owner = bearer(created.api_key)
+    before = (await http.get("/v1/api-keys", headers=owner)).json()
+    assert before[0]["last_used_at"] is not None  # this very request used it
+    assert before[0]["created_at"] <= before[0]["last_used_at"]

@@ -79,55 +79,41 @@ async def test_suspended_and_deleted_tenants(db: Database, auth: Authenticator,
         await _authenticate(db, auth, created.api_key)
 
 
-async def test_cache_forgets_a_revoked_key_when_the_revocation_commits(
-        db: Database, auth: Authenticator, settings: Settings,
-        make_tenant: TenantFactory) -> None:
-    created = await make_tenant()
+@pytest.fixture
+async def cache(db: Database, auth: Authenticator, settings: Settings):  # type: ignore[no-untyped-def]
     cache = AuthCache(auth, db, asyncpg_dsn(settings.database_url or ""), ttl_seconds=300)
     cache.start()
+    await wait_for(lambda: _true(cache.listening))
+    yield cache
+    await cache.stop()
+
+
+async def _refused(cache: AuthCache, credential: str, error: type[Exception]) -> bool:
     try:
-        await wait_for(lambda: _true(cache.listening))
+        await cache.authenticate(credential)
+    except error:
+        return True
+    return False
+
+
+async def test_cache_forgets_a_revoked_key_when_the_revocation_commits(
+        db: Database, cache: AuthCache, make_tenant: TenantFactory) -> None:
+    created = await make_tenant()
+    assert (await cache.authenticate(created.api_key)).tenant.id == created.tenant.id
+    async with db.platform() as uow:
+        await revoke_key(uow.conn, created.tenant.id, api_key_prefix(created.api_key), actor="t")
+        # Not committed yet: the cached answer still stands.
         assert (await cache.authenticate(created.api_key)).tenant.id == created.tenant.id
-        async with db.platform() as uow:
-            await revoke_key(uow.conn, created.tenant.id, api_key_prefix(created.api_key),
-                             actor="t")
-            # Not committed yet: the cached answer still stands.
-            assert (await cache.authenticate(created.api_key)).tenant.id == created.tenant.id
-            await uow.commit()
-
-        async def refused() -> bool:
-            try:
-                await cache.authenticate(created.api_key)
-            except Unauthenticated:
-                return True
-            return False
-
-        await wait_for(refused, timeout=5)
-    finally:
-        await cache.stop()
+        await uow.commit()
+    await wait_for(lambda: _refused(cache, created.api_key, Unauthenticated), timeout=5)
 
 
-async def test_cache_forgets_a_suspended_tenant(db: Database, auth: Authenticator,
-                                                settings: Settings,
+async def test_cache_forgets_a_suspended_tenant(db: Database, cache: AuthCache,
                                                 make_tenant: TenantFactory) -> None:
     created = await make_tenant()
-    cache = AuthCache(auth, db, asyncpg_dsn(settings.database_url or ""), ttl_seconds=300)
-    cache.start()
-    try:
-        await wait_for(lambda: _true(cache.listening))
-        await cache.authenticate(created.api_key)
-        await update_tenant(db, created.tenant.slug, actor="t", status="suspended")
-
-        async def refused() -> bool:
-            try:
-                await cache.authenticate(created.api_key)
-            except Forbidden:
-                return True
-            return False
-
-        await wait_for(refused, timeout=5)
-    finally:
-        await cache.stop()
+    await cache.authenticate(created.api_key)
+    await update_tenant(db, created.tenant.slug, actor="t", status="suspended")
+    await wait_for(lambda: _refused(cache, created.api_key, Forbidden), timeout=5)
 
 
 async def _true(value: bool) -> bool:
