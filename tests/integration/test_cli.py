@@ -94,7 +94,7 @@ def test_duplicate_slug_and_unknown_tenant(atp) -> None:  # type: ignore[no-unty
 def test_migrate_reports_per_schema(atp) -> None:  # type: ignore[no-untyped-def]
     result = atp("migrate")
     assert result.returncode == 0, result.stderr
-    assert re.search(r"platform\s+m0001 → m0001\s+up to date", result.stdout)
+    assert re.search(r"platform\s+(m\d{4}) → \1\s+up to date", result.stdout), result.stdout
     assert "0 failed" in result.stdout
 
 
