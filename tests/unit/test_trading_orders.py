@@ -127,5 +127,5 @@ def test_bars_are_consistent() -> None:
         Bar("AAPL", NOW, "10", "9.5", "9", "10.5", "1")
     assert info.value.field == "high"
     with pytest.raises(Invalid) as info:
-        Bar("AAPL", datetime(2026, 1, 1), "10", "11", "9", "10", "1")  # noqa: DTZ001
+        Bar("AAPL", datetime(2026, 1, 1), "10", "11", "9", "10", "1")
     assert info.value.field == "ts"
