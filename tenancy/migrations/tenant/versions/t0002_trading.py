@@ -63,6 +63,7 @@ def upgrade() -> None:
             CHECK (filled_quantity >= 0 AND filled_quantity <= quantity),
         average_fill_price numeric,
         fees numeric NOT NULL DEFAULT 0,
+        triggered boolean NOT NULL DEFAULT false,
         reason text,
         source text NOT NULL CHECK (source IN ('bot', 'manual', 'agent')),
         created_at timestamptz NOT NULL,

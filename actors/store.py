@@ -1,0 +1,229 @@
+"""The trading runtime's truth in the tenant schema: orders, events, fills, positions, cash.
+
+Every method is one tenant unit of work (the tenant's role and schema, see
+`tenancy.db.Database.tenant`). The rules that make retries and restarts safe:
+
+* an order is written (status NEW, with its first event) before any broker sees it, and a
+  client order id that is already stored returns the stored order instead of a new one;
+* a status change updates the row only from the status it was read in (a stale writer
+  gets `IllegalTransition`) and adds an event row;
+* a fill is inserted with its unique id together with the order, position, cash and
+  event it changes, in one transaction; a fill id already stored changes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tenancy.db import Database, UnitOfWork
+from trading.errors import NotFound
+from trading.orders import (
+    Fill,
+    IllegalTransition,
+    Order,
+    OrderEvent,
+    OrderStatus,
+    OrderType,
+    Side,
+    TimeInForce,
+)
+from trading.portfolio import Portfolio, Position
+
+_ORDER_COLUMNS = ("id, client_order_id, account, bot_id, symbol, side, type, quantity, limit_price,"
+                  " stop_price, time_in_force, status, filled_quantity, average_fill_price, fees,"
+                  " triggered, reason, source, created_at")
+
+
+@dataclass(frozen=True)
+class StoredOrder:
+    """An order as stored; `created` is False when the client order id already existed."""
+
+    id: uuid.UUID
+    order: Order
+    account: str
+    source: str
+    created: bool = True
+
+
+@dataclass(frozen=True)
+class FillResult:
+    """What one applied fill changed (None fields when the fill was a duplicate)."""
+
+    applied: bool
+    position: Position | None = None
+    cash: Decimal | None = None
+    fees: Decimal | None = None
+
+
+def order_from_row(row: Any) -> Order:
+    return Order(
+        client_order_id=row.client_order_id, symbol=row.symbol, side=Side(row.side),
+        type=OrderType(row.type), quantity=row.quantity, limit_price=row.limit_price,
+        stop_price=row.stop_price, time_in_force=TimeInForce(row.time_in_force),
+        bot_id=str(row.bot_id) if row.bot_id else None, status=OrderStatus(row.status),
+        filled_quantity=row.filled_quantity, average_fill_price=row.average_fill_price,
+        fees=row.fees, created_at=row.created_at, triggered=row.triggered, reason=row.reason)
+
+
+class TradingStore:
+    """Persistence of one tenant's trading state."""
+
+    def __init__(self, db: Database, tenant_id: uuid.UUID, slug: str) -> None:
+        self._db = db
+        self._tenant_id = tenant_id
+        self._slug = slug
+
+    def _uow(self) -> AbstractAsyncContextManager[UnitOfWork]:
+        return self._db.tenant(self._tenant_id, self._slug)
+
+    async def open_account(self, account: str, cash: Decimal) -> None:
+        """Create a paper account with starting cash unless it exists."""
+        async with self._uow() as uow:
+            await uow.conn.execute(text(
+                "INSERT INTO accounts (account, cash) VALUES (:a, :c) ON CONFLICT DO NOTHING"),
+                {"a": account, "c": cash})
+            await uow.commit()
+
+    async def submit(self, order: Order, *, account: str, source: str,
+                     bot_id: uuid.UUID | None = None) -> StoredOrder:
+        """Write a NEW order and its first event; a known client order id returns the stored one."""
+        if order.status is not OrderStatus.NEW:
+            raise IllegalTransition("only NEW orders are submitted", field="status")
+        async with self._uow() as uow:
+            order_id = (await uow.conn.execute(text(
+                "INSERT INTO orders (id, client_order_id, account, bot_id, symbol, side, type,"
+                " quantity, limit_price, stop_price, time_in_force, status, source, created_at)"
+                " VALUES (:id, :c, :a, :b, :s, :side, :t, :q, :lp, :sp, :tif, 'new', :src, :at)"
+                " ON CONFLICT (client_order_id) DO NOTHING RETURNING id"),
+                {"id": uuid.uuid4(), "c": order.client_order_id, "a": account, "b": bot_id,
+                 "s": order.symbol, "side": order.side.value, "t": order.type.value,
+                 "q": order.quantity, "lp": order.limit_price, "sp": order.stop_price,
+                 "tif": order.time_in_force.value, "src": source, "at": order.created_at}
+            )).scalar_one_or_none()
+            if order_id is None:
+                stored = await self._load(uow.conn, order.client_order_id)
+                return StoredOrder(stored[0], stored[1], stored[2], stored[3], created=False)
+            await _event(uow.conn, order_id, None, OrderStatus.NEW, None, order.created_at)
+            await uow.commit()
+        return StoredOrder(order_id, order.copy(), account, source)
+
+    async def transition(self, order: Order, event: OrderEvent) -> None:
+        """Store a status change made with `Order.transition` (not a fill)."""
+        async with self._uow() as uow:
+            order_id = (await uow.conn.execute(text(
+                "UPDATE orders SET status = :to, reason = coalesce(:r, reason),"
+                " triggered = :trig, updated_at = now(), version = version + 1"
+                " WHERE client_order_id = :c AND status = :from RETURNING id"),
+                {"to": event.to_status.value, "r": event.reason, "trig": order.triggered,
+                 "c": order.client_order_id,
+                 "from": event.from_status.value if event.from_status else None}
+            )).scalar_one_or_none()
+            if order_id is None:
+                raise IllegalTransition(f"order {order.client_order_id} is no longer "
+                                        f"{event.from_status}", field="status")
+            await _event(uow.conn, order_id, event.from_status, event.to_status, event.reason,
+                         event.ts)
+            await uow.commit()
+
+    async def apply_fill(self, order: Order, fill: Fill, event: OrderEvent, *,
+                         account: str) -> FillResult:
+        """Store a fill with its order, position, cash and event changes, once.
+
+        `order` and `event` are the caller's state after `Order.apply_fill`.
+        """
+        async with self._uow() as uow:
+            c = uow.conn
+            order_id = (await c.execute(text(
+                "SELECT id FROM orders WHERE client_order_id = :c FOR UPDATE"),
+                {"c": fill.client_order_id})).scalar_one_or_none()
+            if order_id is None:
+                raise NotFound(f"no order {fill.client_order_id}", field="client_order_id")
+            inserted = (await c.execute(text(
+                "INSERT INTO fills (fill_id, order_id, account, symbol, side, quantity, price,"
+                " fee, at) VALUES (:f, :o, :a, :s, :side, :q, :p, :fee, :at)"
+                " ON CONFLICT (fill_id) DO NOTHING RETURNING fill_id"),
+                {"f": fill.fill_id, "o": order_id, "a": account, "s": fill.symbol,
+                 "side": fill.side.value, "q": fill.quantity, "p": fill.price, "fee": fill.fee,
+                 "at": fill.ts})).scalar_one_or_none()
+            if inserted is None:
+                return FillResult(applied=False)
+            await c.execute(text(
+                "UPDATE orders SET status = :st, filled_quantity = filled_quantity + :q,"
+                " average_fill_price = :avg, fees = fees + :fee, updated_at = now(),"
+                " version = version + 1 WHERE id = :o"),
+                {"st": order.status.value, "q": fill.quantity, "avg": order.average_fill_price,
+                 "fee": fill.fee, "o": order_id})
+            await _event(c, order_id, event.from_status, event.to_status, None, fill.ts)
+            row = (await c.execute(text(
+                "SELECT quantity, average_cost, realized_pnl FROM positions"
+                " WHERE account = :a AND symbol = :s FOR UPDATE"),
+                {"a": account, "s": fill.symbol})).first()
+            before = Position(fill.symbol, *row) if row else Position(fill.symbol)
+            after = before.apply(fill.quantity * fill.side.sign, fill.price)
+            await c.execute(text(
+                "INSERT INTO positions (account, symbol, quantity, average_cost, realized_pnl)"
+                " VALUES (:a, :s, :q, :avg, :r) ON CONFLICT (account, symbol) DO UPDATE SET"
+                " quantity = EXCLUDED.quantity, average_cost = EXCLUDED.average_cost,"
+                " realized_pnl = EXCLUDED.realized_pnl, updated_at = now()"),
+                {"a": account, "s": fill.symbol, "q": after.quantity, "avg": after.average_cost,
+                 "r": after.realized_pnl})
+            cash, fees = (await c.execute(text(
+                "UPDATE accounts SET cash = cash - :flow, fees = fees + :fee, updated_at = now()"
+                " WHERE account = :a RETURNING cash, fees"),
+                {"flow": fill.notional * fill.side.sign + fill.fee, "fee": fill.fee,
+                 "a": account})).one()
+            await uow.commit()
+        return FillResult(True, after, cash, fees)
+
+    async def get(self, client_order_id: str) -> StoredOrder:
+        async with self._uow() as uow:
+            order_id, order, account, source = await self._load(uow.conn, client_order_id)
+        return StoredOrder(order_id, order, account, source, created=False)
+
+    async def open_orders(self) -> list[tuple[StoredOrder, int]]:
+        """Open orders (oldest first) with the number of fills each already has."""
+        async with self._uow() as uow:
+            rows = (await uow.conn.execute(text(
+                f"SELECT {_ORDER_COLUMNS}, (SELECT count(*) FROM fills f WHERE f.order_id = o.id)"
+                " AS fill_count FROM orders o WHERE status IN ('new', 'accepted', 'partially_filled')"
+                " ORDER BY created_at, client_order_id"))).all()
+        return [(StoredOrder(r.id, order_from_row(r), r.account, r.source, created=False),
+                 int(r.fill_count)) for r in rows]
+
+    async def portfolio(self, account: str) -> Portfolio:
+        """Rebuild an account's portfolio from its stored cash, fees and positions."""
+        async with self._uow() as uow:
+            acct = (await uow.conn.execute(text(
+                "SELECT cash, fees FROM accounts WHERE account = :a"), {"a": account})).first()
+            if acct is None:
+                raise NotFound(f"no account {account}", field="account")
+            rows = (await uow.conn.execute(text(
+                "SELECT symbol, quantity, average_cost, realized_pnl FROM positions"
+                " WHERE account = :a"), {"a": account})).all()
+        return Portfolio.restore(acct.cash, [Position(*r) for r in rows], acct.fees)
+
+    async def _load(self, conn: AsyncConnection, client_order_id: str
+                    ) -> tuple[uuid.UUID, Order, str, str]:
+        row = (await conn.execute(text(
+            f"SELECT {_ORDER_COLUMNS} FROM orders WHERE client_order_id = :c"),
+            {"c": client_order_id})).first()
+        if row is None:
+            raise NotFound(f"no order {client_order_id}", field="client_order_id")
+        return row.id, order_from_row(row), row.account, row.source
+
+
+async def _event(conn: AsyncConnection, order_id: uuid.UUID, from_status: OrderStatus | None,
+                 to_status: OrderStatus, reason: str | None, at: datetime) -> None:
+    await conn.execute(text(
+        "INSERT INTO order_events (order_id, from_status, to_status, reason, at)"
+        " VALUES (:o, :f, :t, :r, :at)"),
+        {"o": order_id, "f": from_status.value if from_status else None, "t": to_status.value,
+         "r": reason, "at": at})
