@@ -1,7 +1,7 @@
 """Test fixtures: one real PostgreSQL database, Redis and (for e2e) one Ray + Serve session.
 
 Set ``ATP_TEST_DATABASE_URL`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``;
-the suite creates and drops its own database ``atp_test``) and ``ATP_TEST_REDIS_URL``
+the suite drops and creates its own database, ``ATP_TEST_DB`` or ``atp_test``) and ``ATP_TEST_REDIS_URL``
 (default ``redis://127.0.0.1:6379/13``, flushed at the start).
 """
 
@@ -12,7 +12,7 @@ import os
 import secrets
 import tempfile
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -28,7 +28,7 @@ from tenancy.tenants import ProvisionedTenant, provision
 
 ADMIN_URL = os.environ.get("ATP_TEST_DATABASE_URL",
                            "postgresql://postgres@127.0.0.1:5432/postgres")
-TEST_DB = "atp_test"
+TEST_DB = os.environ.get("ATP_TEST_DB", "atp_test")
 REDIS_URL = os.environ.get("ATP_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 ROLE_PREFIX = "tenant_t"  # every test tenant slug starts with "t"
 
@@ -96,6 +96,20 @@ async def redis_client() -> AsyncIterator[aioredis.Redis]:
     await client.flushdb()
     yield client
     await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray for the whole test run (started on first use)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+             _temp_dir=tempfile.mkdtemp(prefix="atpray", dir="/tmp"))
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 TenantFactory = Callable[..., Awaitable[ProvisionedTenant]]

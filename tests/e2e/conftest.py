@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import socket
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -22,24 +20,19 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def gateway_url(settings: Settings, db: Database) -> Iterator[str]:
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
+def gateway_url(ray_session: None, settings: Settings, db: Database) -> Iterator[str]:
     from ray import serve
 
     from serve.app import GATEWAY_APP, build_app
 
     port = _free_port()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             _temp_dir=tempfile.mkdtemp(prefix="atpray", dir="/tmp"))
+    serve.start(http_options={"host": "127.0.0.1", "port": port},
+                logging_config={"enable_access_log": False})
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port},
-                    logging_config={"enable_access_log": False})
         serve.run(build_app(settings, num_cpus=0.25), name=GATEWAY_APP, route_prefix="/")
         yield f"http://127.0.0.1:{port}"
     finally:
         serve.shutdown()
-        ray.shutdown()
 
 
 @pytest_asyncio.fixture(scope="session")
