@@ -62,6 +62,7 @@ class ExecutionEngine:
         self._broker = broker
         self._publish = publish or _no_publish
         self._working: dict[str, tuple[Order, str]] = {}  # open orders: (order, account)
+        self._last_bar: dict[str, datetime] = {}  # the latest bar time seen per symbol
         self._lock = asyncio.Lock()  # one mutation of broker and store state at a time
 
     async def start(self) -> None:
@@ -72,7 +73,7 @@ class ExecutionEngine:
             for stored, fills in await self._store.open_orders():
                 order = stored.order
                 if order.status is OrderStatus.NEW:
-                    await self._accept(order, stored.account)
+                    await self._accept(order, stored.account, source=stored.source)
                     continue
                 self._working[order.client_order_id] = (order, stored.account)
                 restore.append(order)
@@ -87,7 +88,7 @@ class ExecutionEngine:
                                               bot_id=bot_id)
             current = stored.order
             if current.status is OrderStatus.NEW:
-                await self._accept(current, stored.account)
+                await self._accept(current, stored.account, source=stored.source)
             elif current.client_order_id in self._working:
                 current = self._working[current.client_order_id][0]
             return order_view(current, stored.account) | {"created": stored.created}
@@ -105,11 +106,25 @@ class ExecutionEngine:
                 await self._publish({"type": "order", "order": order_view(current, account)})
             return order_view(current, stored.account) | {"created": stored.created}
 
-    async def _accept(self, order: Order, account: str) -> None:
+    async def _accept(self, order: Order, account: str, *, source: str = "bot") -> None:
         await self._store.transition(order, order.transition(OrderStatus.ACCEPTED))
         self._working[order.client_order_id] = (order, account)
-        self._broker.submit(order, datetime.now(UTC))
+        self._broker.submit(order, self._submitted_at(order, source))
         await self._publish({"type": "order", "order": order_view(order, account)})
+
+    def _submitted_at(self, order: Order, source: str) -> datetime:
+        """The time the broker treats the order as placed: it fills from the next bar after.
+
+        A bot's order carries the time of the bar it was decided on; any other order
+        counts from the latest bar seen for its symbol (or now, before any bar).
+        """
+        if source == "bot":
+            return order.created_at
+        return self._last_bar.get(order.symbol, datetime.now(UTC))
+
+    def open_count(self, account: str) -> int:
+        """Open orders of one account (for the max_open_orders rule)."""
+        return sum(1 for _, acct in self._working.values() if acct == account)
 
     async def cancel(self, client_order_id: str) -> dict[str, Any]:
         """Cancel an open order; a finished one is returned unchanged."""
@@ -135,6 +150,7 @@ class ExecutionEngine:
         fills = 0
         async with self._lock:
             for bar in bars:
+                self._last_bar[bar.symbol] = max(bar.ts, self._last_bar.get(bar.symbol, bar.ts))
                 for update in self._broker.on_bar(bar):
                     if isinstance(update, Fill):
                         fills += await self._fill(update)

@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import uuid
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -18,15 +19,18 @@ import ray
 from redis.asyncio import Redis
 
 from actors.execution import ExecutionEngine
+from actors.risk_gate import RiskGate
 from actors.store import TradingStore
+from actors.strategy_runner import StrategyRunner
 from tenancy.db import Database
 from tenancy.settings import Settings
 from trading.broker import PaperBroker
 from trading.data import DEFAULT_INSTRUMENTS
 from trading.instruments import Bar
-from trading.orders import Order
+from trading.orders import Fill, Order, Side
 
 EXECUTION = "execution"
+RISK = "risk"
 FEE_BPS = Decimal(10)
 SLIPPAGE_BPS = Decimal(5)
 
@@ -51,6 +55,8 @@ class ExecutionActor:
         self._engine: ExecutionEngine | None = None
         self._redis: Redis | None = None
         self._init_lock: asyncio.Lock | None = None
+        self._forwards: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._forwarder: asyncio.Task[None] | None = None
 
     async def _ready(self) -> ExecutionEngine:
         if self._engine is not None:
@@ -66,17 +72,23 @@ class ExecutionActor:
                 engine = ExecutionEngine(TradingStore(db, self._tenant_id, self._slug), broker,
                                          publish=self._publish)
                 await engine.start()
+                self._forwarder = asyncio.create_task(self._forward_forever())
                 self._engine = engine
         assert self._engine is not None
         return self._engine
 
     async def _publish(self, event: dict[str, Any]) -> None:
-        if self._redis is None:
-            return
-        try:
-            await self._redis.publish(events_channel(self._tenant_id), json.dumps(event))
-        except Exception:  # the stream is best effort; the store is the truth
-            return
+        if event.get("type") == "fill":
+            self._forwards.put_nowait(event)  # forwarded in order, off the engine's lock
+        await _publish(self._redis, self._tenant_id, event)
+
+    async def _forward_forever(self) -> None:
+        while True:
+            event = await self._forwards.get()
+            try:
+                await asyncio.to_thread(_forward_fill, self._slug, event)
+            except Exception:  # best effort: risk and strategies rebuild from the store
+                continue
 
     async def submit(self, order: Order, account: str, source: str,
                      bot_id: str | None = None) -> dict[str, Any]:
@@ -102,8 +114,42 @@ class ExecutionActor:
     async def open_orders(self) -> list[str]:
         return (await self._ready()).open_order_ids()
 
+    async def open_count(self, account: str) -> int:
+        return (await self._ready()).open_count(account)
+
     def pid(self) -> int:
         return os.getpid()
+
+
+async def _publish(redis: Redis | None, tenant_id: uuid.UUID, event: dict[str, Any]) -> None:
+    if redis is None:
+        return
+    try:
+        await redis.publish(events_channel(tenant_id), json.dumps(event, default=str))
+    except Exception:  # the stream is best effort; the store is the truth
+        return
+
+
+def _forward_fill(slug: str, event: dict[str, Any]) -> None:
+    """Tell the risk gate and the bot's strategy about a stored fill (fire and forget)."""
+    namespace = tenant_namespace(slug)
+    fill, position = event["fill"], event["position"]
+    for name, method, args in (
+            (RISK, "on_fill", (event["account"], fill["symbol"], position["quantity"],
+                               event["cash"], fill["price"])),
+            (strategy_name(event["account"]), "on_fill", (event,))):
+        if name is None:
+            continue
+        try:
+            handle = ray.get_actor(name, namespace=namespace)
+        except ValueError:  # no such actor (bot stopped, or a manual order)
+            continue
+        getattr(handle, method).remote(*args)
+
+
+def strategy_name(account: str) -> str | None:
+    """The strategy actor of a bot account ('bot:<id>' → 'strategy-<id>')."""
+    return f"strategy-{account[4:]}" if account.startswith("bot:") else None
 
 
 def execution_actor(settings: Settings, tenant_id: uuid.UUID, slug: str, *,
@@ -114,3 +160,180 @@ def execution_actor(settings: Settings, tenant_id: uuid.UUID, slug: str, *,
         get_if_exists=True, max_restarts=-1, max_task_retries=-1, num_cpus=num_cpus,
         memory=memory_bytes, max_concurrency=100,
     ).remote(settings, str(tenant_id), slug)
+
+
+class _ExecutionHandle:
+    """`ExecutionPort` over the execution actor's handle."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    async def submit(self, order: Order, account: str, source: str,
+                     bot_id: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self._handle.submit.remote(order, account, source, bot_id)
+        return result
+
+    async def reject(self, order: Order, account: str, source: str, reason: str,
+                     bot_id: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self._handle.reject.remote(order, account, source, reason,
+                                                                   bot_id)
+        return result
+
+    async def cancel_all(self) -> int:
+        return int(await self._handle.cancel_all.remote())
+
+    async def open_count(self, account: str) -> int:
+        return int(await self._handle.open_count.remote(account))
+
+
+@ray.remote
+class RiskActor:
+    """The tenant's risk gate (one per tenant while any bot runs)."""
+
+    def __init__(self, settings: Settings, tenant_id: str, slug: str) -> None:
+        self._settings = settings
+        self._tenant_id = uuid.UUID(tenant_id)
+        self._slug = slug
+        self._gate: RiskGate | None = None
+        self._redis: Redis | None = None
+        self._init_lock: asyncio.Lock | None = None
+
+    async def _ready(self) -> RiskGate:
+        if self._gate is not None:
+            return self._gate
+        self._init_lock = self._init_lock or asyncio.Lock()
+        async with self._init_lock:
+            if self._gate is None:
+                db = Database.from_url(self._settings.database_url or "", pool_size=2)
+                self._redis = Redis.from_url(self._settings.redis_url or "",
+                                             socket_timeout=self._settings.redis_timeout_seconds)
+                execution = execution_actor(self._settings, self._tenant_id, self._slug)
+                gate = RiskGate(db, self._tenant_id, self._slug, _ExecutionHandle(execution),
+                                publish=lambda e: _publish(self._redis, self._tenant_id, e),
+                                stop_bots=self._stop_bots)
+                await gate.start()
+                self._gate = gate
+        assert self._gate is not None
+        return self._gate
+
+    async def _stop_bots(self, reason: str) -> None:
+        from actors.supervisor import stop_all_bots
+
+        await stop_all_bots(self._settings, self._tenant_id, self._slug, reason=reason)
+
+    async def submit(self, order: Order, account: str, source: str, bot_id: str | None = None,
+                     last_price: Decimal | None = None) -> dict[str, Any]:
+        gate = await self._ready()
+        return await gate.submit(order, account=account, source=source, bot_id=bot_id,
+                                 last_price=last_price)
+
+    async def on_fill(self, account: str, symbol: str, quantity: str, cash: str,
+                      price: str) -> None:
+        await (await self._ready()).on_fill(account, symbol, Decimal(quantity), Decimal(cash),
+                                            Decimal(price))
+
+    async def kill_switch(self, reason: str) -> dict[str, Any]:
+        return await (await self._ready()).kill_switch(reason)
+
+    async def reload(self) -> str:
+        gate = await self._ready()
+        await gate.reload()
+        return gate.state.value
+
+    async def state(self) -> str:
+        return (await self._ready()).state.value
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def risk_actor(settings: Settings, tenant_id: uuid.UUID, slug: str, *,
+               num_cpus: float = 0.05, memory_bytes: int = 200 * 1024**2) -> Any:
+    """Get or create the tenant's risk actor."""
+    return RiskActor.options(  # type: ignore[attr-defined]
+        name=RISK, namespace=tenant_namespace(slug), lifetime="detached", get_if_exists=True,
+        max_restarts=-1, max_task_retries=-1, num_cpus=num_cpus, memory=memory_bytes,
+        max_concurrency=100,
+    ).remote(settings, str(tenant_id), slug)
+
+
+@ray.remote
+class StrategyActor:
+    """One running bot: its strategy, fed bars, sending orders to the risk gate."""
+
+    def __init__(self, settings: Settings, tenant_id: str, slug: str, bot: dict[str, Any]) -> None:
+        self._settings = settings
+        self._tenant_id = uuid.UUID(tenant_id)
+        self._slug = slug
+        self._bot = bot
+        self._runner: StrategyRunner | None = None
+        self._init_lock: asyncio.Lock | None = None
+        self._reported_error = False
+
+    async def _ready(self) -> StrategyRunner:
+        if self._runner is not None:
+            return self._runner
+        self._init_lock = self._init_lock or asyncio.Lock()
+        async with self._init_lock:
+            if self._runner is None:
+                self._settings.import_strategy_modules()
+                bot_id = uuid.UUID(self._bot["id"])
+                account = f"bot:{bot_id}"
+                db = Database.from_url(self._settings.database_url or "", pool_size=1)
+                try:
+                    portfolio = await TradingStore(db, self._tenant_id, self._slug
+                                                   ).portfolio(account)
+                finally:
+                    await db.dispose()
+                risk = risk_actor(self._settings, self._tenant_id, self._slug)
+
+                async def send(order: Order, last: Decimal | None) -> dict[str, Any]:
+                    reply: dict[str, Any] = await risk.submit.remote(
+                        order, account, "bot", str(bot_id), last)
+                    return reply
+
+                runner = StrategyRunner(
+                    bot_id, self._bot["strategy"], self._bot["symbols"], self._bot["params"],
+                    cash=portfolio.cash,
+                    positions={p.symbol: p.quantity for p in portfolio.positions()}, send=send)
+                runner.start()
+                self._runner = runner
+        assert self._runner is not None
+        return self._runner
+
+    async def on_bars(self, bars: list[Bar]) -> int:
+        runner = await self._ready()
+        sent = await runner.on_bars(bars)
+        await self._report_error(runner)
+        return sent
+
+    async def on_fill(self, event: dict[str, Any]) -> None:
+        runner = await self._ready()
+        f = event["fill"]
+        fill = Fill(f["fill_id"], f["client_order_id"], f["symbol"], Side(f["side"]),
+                    Decimal(f["quantity"]), Decimal(f["price"]), Decimal(f["fee"]),
+                    datetime.fromisoformat(f["ts"]))
+        runner.on_fill(fill, Decimal(event["position"]["quantity"]), Decimal(event["cash"]),
+                       order_open=False)
+        await self._report_error(runner)
+
+    async def _report_error(self, runner: StrategyRunner) -> None:
+        if runner.error is None or self._reported_error:
+            return
+        self._reported_error = True
+        from actors.supervisor import bot_failed
+
+        await bot_failed(self._settings, self._tenant_id, self._slug, uuid.UUID(self._bot["id"]),
+                         runner.error)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            self._runner.stop()
+
+    async def status(self) -> dict[str, Any]:
+        runner = await self._ready()
+        return {"bars_seen": runner.bars_seen, "error": runner.error,
+                "open_orders": list(runner.ctx.open_orders()), "logs": list(runner.ctx.logs)[-20:]}
+
+    def pid(self) -> int:
+        return os.getpid()

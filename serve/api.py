@@ -20,7 +20,19 @@ from serve.deps import Services
 from serve.errors import install_error_handlers
 from serve.limits import Limiter
 from serve.loginguard import LoginGuard
-from serve.routes import admin, audit, auth, health, keys
+from serve.routes import (
+    admin,
+    audit,
+    auth,
+    bots,
+    health,
+    keys,
+    market,
+    risk,
+    runtime,
+    stream,
+    trading,
+)
 from serve.usage import UsageFlusher
 from tenancy.auth import Authenticator
 from tenancy.db import Database
@@ -73,6 +85,7 @@ def create_api(settings: Settings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.import_strategy_modules()
         services = make_services(settings)
         app.state.services = services
         flusher = asyncio.create_task(_flush_forever(services))
@@ -98,6 +111,8 @@ def create_api(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for router in (health.router, auth.router, keys.router, audit.router, admin.router):
+    for router in (health.router, auth.router, keys.router, audit.router, admin.router,
+                   market.router, bots.router, trading.router, risk.router, runtime.router,
+                   stream.router):
         app.include_router(router)
     return app

@@ -126,6 +126,8 @@ def _serve(runtime: Runtime, after_start: Callable[[str], None]) -> None:
     runtime.start_ray()
     shutdown.install()  # ray.init replaced the SIGTERM handler
     url = runtime.start_gateway()
+    for line in runtime.reconcile_bots():
+        out.print(f"bot {line}")
     if not shutdown.requested:
         after_start(url)
         shutdown.wait()
@@ -149,10 +151,29 @@ def up(host: str = typer.Option(None, help="HTTP host (default 127.0.0.1)"),
         runtime.close()
 
 
+async def _demo_bots(settings: Settings, key: str, url: str, seconds: int) -> None:
+    from serve.demo import demo_pnl, start_demo_bots
+
+    db = Database.from_url(settings.database_url or "", pool_size=2)
+    try:
+        bots = await start_demo_bots(settings, db, "demo")
+        out.print(f"Started {len(bots)} demo bots on synthetic bars (one per second); "
+                  f"their P&L after {seconds} s:")
+        await asyncio.sleep(seconds)
+        for line in await demo_pnl(db, "demo"):
+            out.print("  " + line)
+        out.print(f"  curl -s -H 'Authorization: Bearer {key}' {url}/v1/positions\n",
+                  soft_wrap=True)
+    finally:
+        await db.dispose()
+
+
 @app.command()
-def demo(port: int = typer.Option(None, help="HTTP port (default 8000)", min=1, max=65535)
-         ) -> None:
-    """Run the platform in dev mode with a demo tenant, and print how to call it."""
+def demo(port: int = typer.Option(None, help="HTTP port (default 8000)", min=1, max=65535),
+         bots_seconds: int = typer.Option(30, "--bots-seconds", min=0, max=3600,
+                                          help="run the demo bots this long before printing "
+                                               "their P&L (0: no bots)")) -> None:
+    """Run the platform in dev mode with a demo tenant and two bots; print how to call it."""
     from serve.demo import ensure_demo_tenant
 
     overrides: dict[str, Any] = {"dev_mode": True}
@@ -180,7 +201,10 @@ def demo(port: int = typer.Option(None, help="HTTP port (default 8000)", min=1, 
                   f"  API key   {demo_tenant.api_key}\n"
                   f"  data      {settings.data_dir}\n\n"
                   f"Try:\n  curl -s -H 'Authorization: Bearer {demo_tenant.api_key}' "
-                  f"{url}/v1/me\n\nCtrl-C stops everything.", soft_wrap=True)
+                  f"{url}/v1/me\n", soft_wrap=True)
+        if bots_seconds > 0:
+            asyncio.run(_demo_bots(settings, demo_tenant.api_key, url, bots_seconds))
+        out.print("Ctrl-C stops everything.")
 
     try:
         _serve(runtime, announce)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import text
 
@@ -49,3 +50,66 @@ async def ensure_demo_tenant(db: Database, master_key: bytes) -> DemoTenant:
                                         actor_role=Role.OWNER)
         await uow.commit()
     return DemoTenant(DEMO_SLUG, key.plaintext, False, None)
+
+
+DEMO_BOTS: tuple[dict[str, Any], ...] = (
+    {"name": "demo-sma-btc", "strategy": "sma_crossover", "symbols": ["BTC-USD"],
+     "params": {"fast": 3, "slow": 8, "quantity": "0.05"}, "capital": "100000",
+     "resources": {"num_cpus": 0.1, "memory_mb": 256}},
+    {"name": "demo-rsi-eth", "strategy": "rsi_mean_reversion", "symbols": ["ETH-USD"],
+     "params": {"period": 6, "quantity": "1"}, "capital": "100000",
+     "resources": {"num_cpus": 0.1, "memory_mb": 256}},
+)
+FEED_SPEED = 60.0  # one-minute bars, one per second
+
+
+async def start_demo_bots(settings: Any, db: Database, slug: str) -> list[Any]:
+    """Start the feed (synthetic bars at 60x) and the two demo bots; return the bots."""
+    from actors import supervisor
+    from actors.bots import BotSpec, BotStore
+    from actors.feed import get_or_create_feed
+    from tenancy.plans import get_plan
+
+    async with db.platform() as uow:
+        tenant = await get_tenant(uow.conn, slug)
+        plan = await get_plan(uow.conn, tenant.plan)
+    feed = get_or_create_feed(settings, speed=FEED_SPEED, autostart=True,
+                              symbols=["BTC-USD", "ETH-USD"])
+    await feed.start.remote()
+    store = BotStore(db, tenant.id, slug)
+    existing = {b.name: b for b in await store.list()}
+    started = []
+    for spec in DEMO_BOTS:
+        bot = existing.get(str(spec["name"])) or await store.create(BotSpec.validate(spec))
+        if bot.status != "running":
+            bot = await supervisor.start_bot(settings, db, tenant.id, slug, plan, bot.id)
+        started.append(bot)
+    return started
+
+
+async def demo_pnl(db: Database, slug: str) -> list[str]:
+    """One line per demo bot: fills, position, cash and equity at the last bar's close."""
+    from actors.bots import BotStore
+
+    async with db.platform() as uow:
+        tenant = await get_tenant(uow.conn, slug)
+    lines = []
+    async with db.tenant(tenant.id, slug) as uow:
+        c = uow.conn
+        for bot in await BotStore(db, tenant.id, slug).list():
+            if not bot.name.startswith("demo-"):
+                continue
+            account = f"bot:{bot.id}"
+            cash = (await c.execute(text("SELECT cash FROM accounts WHERE account = :a"),
+                                    {"a": account})).scalar_one()
+            fills = (await c.execute(text("SELECT count(*) FROM fills WHERE account = :a"),
+                                     {"a": account})).scalar_one()
+            marked = (await c.execute(text(
+                "SELECT coalesce(sum(p.quantity * b.close), 0) FROM positions p"
+                " CROSS JOIN LATERAL (SELECT close FROM market.bars WHERE symbol = p.symbol"
+                " ORDER BY ts DESC LIMIT 1) b WHERE p.account = :a"), {"a": account})
+            ).scalar_one()
+            equity = cash + marked
+            lines.append(f"{bot.name:<14} {bot.status:<8} fills {fills:>3}  "
+                         f"equity {equity:,.2f}  P&L {equity - bot.capital:+,.2f}")
+    return lines

@@ -81,9 +81,27 @@ class Runtime:
 
         serve.start(http_options={"host": self.settings.http_host,
                                   "port": self.settings.http_port})
-        self._stops.append(("serve", serve.shutdown))
+        if self.settings.ray_address:
+            # A shared cluster: take our Serve applications down gracefully, leave the rest.
+            self._stops.append(("serve", serve.shutdown))
+        # On our own local cluster `ray.shutdown()` ends everything at once, Serve included:
+        # its graceful shutdown would wait on a busy feed and bots for no benefit. Their state
+        # is in PostgreSQL, and bots marked running start again with the next `up`.
         serve.run(build_app(self.settings), name=GATEWAY_APP, route_prefix="/")
         return f"http://{self.settings.http_host}:{self.settings.http_port}"
+
+    def reconcile_bots(self) -> list[str]:
+        """Restart bots that were running when the platform last stopped."""
+        from actors.supervisor import reconcile
+
+        async def run() -> list[str]:
+            db = Database.from_url(self.settings.database_url or "", pool_size=2)
+            try:
+                return await reconcile(self.settings, db)
+            finally:
+                await db.dispose()
+
+        return asyncio.run(run())
 
     def close(self) -> None:
         while self._stops:

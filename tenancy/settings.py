@@ -13,10 +13,10 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from trading.errors import Invalid
 
@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     auth_cache_seconds: float = Field(default=5.0, ge=0, le=300)
     redis_timeout_seconds: float = Field(default=0.5, gt=0, le=30)
     ray_include_dashboard: bool = True
+    strategy_modules: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="extra modules to import so their Strategy classes register "
+                                "(comma-separated in ATP_STRATEGY_MODULES)")
     ray_num_cpus: int | None = Field(default=None, ge=1)
 
     @field_validator("database_url")
@@ -83,6 +86,13 @@ class Settings(BaseSettings):
             if value.startswith(prefix):
                 return "postgresql+asyncpg://" + value[len(prefix):]
         raise ValueError("must be a postgresql:// URL")
+
+    @field_validator("strategy_modules", mode="before")
+    @classmethod
+    def _modules(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(m.strip() for m in value.split(",") if m.strip())
+        return value
 
     @field_validator("redis_url", "ray_address")
     @classmethod
@@ -100,6 +110,17 @@ class Settings(BaseSettings):
     def master_key_bytes(self) -> bytes:
         """The decoded 32-byte master key."""
         return _decode_master_key(self.secret("master_key"))
+
+    def import_strategy_modules(self) -> None:
+        """Import the configured strategy modules (their classes register on import)."""
+        import importlib
+
+        for module in self.strategy_modules:
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise SettingsError(f"cannot import strategy module {module!r}: {exc}",
+                                    field="ATP_STRATEGY_MODULES") from None
 
     @property
     def embedded_database(self) -> bool:

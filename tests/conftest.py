@@ -70,7 +70,8 @@ def data_dir() -> Path:
 def settings(data_dir: Path) -> Settings:
     return load_settings(dev_mode=True, data_dir=data_dir, database_url=TEST_DB_URL,
                          redis_url=REDIS_URL, usage_flush_seconds=1.0, auth_cache_seconds=5.0,
-                         ray_include_dashboard=False)
+                         ray_include_dashboard=False,
+                         strategy_modules=("tests.e2e.exploding_strategy",))
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -102,10 +103,17 @@ async def redis_client() -> AsyncIterator[aioredis.Redis]:
 def ray_session() -> Iterator[None]:
     """One local Ray for the whole test run (started on first use)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import socket
+
     import ray
 
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
-             _temp_dir=tempfile.mkdtemp(prefix="atpray", dir="/tmp"))
+    with socket.socket() as sock:  # the dashboard serves Ray's state API (quota admission)
+        sock.bind(("127.0.0.1", 0))
+        dashboard_port = int(sock.getsockname()[1])
+    ray.init(address="local", num_cpus=4, include_dashboard=True, dashboard_port=dashboard_port,
+             log_to_driver=False, _temp_dir=tempfile.mkdtemp(prefix="atpray", dir="/tmp"),
+             # workers import test-only strategies (ATP_STRATEGY_MODULES) from the checkout
+             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
     try:
         yield
     finally:

@@ -32,7 +32,8 @@ def _start_demo(data_dir: Path, port: int) -> tuple[subprocess.Popen[str], str, 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ATP_", "RAY_ADDRESS"))}
     env.update({"ATP_DATA_DIR": str(data_dir), "ATP_RAY_INCLUDE_DASHBOARD": "false",
                 "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"})
-    proc = subprocess.Popen([sys.executable, "-m", "serve.cli", "demo", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "serve.cli", "demo", "--port", str(port),
+                             "--bots-seconds", "8"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     lines: list[str] = []
@@ -43,7 +44,7 @@ def _start_demo(data_dir: Path, port: int) -> tuple[subprocess.Popen[str], str, 
         if not line:
             break
         lines.append(line)
-        if line.strip().startswith("curl "):
+        if line.strip().startswith("Ctrl-C stops everything"):
             text = "".join(lines)
             key = re.search(r"API key\s+(atp_\S+)", text)
             assert key, text
@@ -76,6 +77,9 @@ def test_demo_runs_on_embedded_servers_and_is_idempotent(tmp_path: Path) -> None
     proc, key, text = _start_demo(data_dir, port)
     try:
         assert "(created now)" in text
+        # The two demo bots ran on synthetic bars and report their P&L.
+        assert re.search(r"demo-sma-btc\s+running\s+fills", text), text
+        assert re.search(r"demo-rsi-eth\s+running\s+fills", text), text
         curl = next(line.strip() for line in text.splitlines() if line.strip().startswith("curl"))
         assert key in curl and f"127.0.0.1:{port}/v1/me" in curl
         me = httpx.get(f"http://127.0.0.1:{port}/v1/me",
@@ -98,6 +102,8 @@ def test_demo_runs_on_embedded_servers_and_is_idempotent(tmp_path: Path) -> None
     proc, key2, text2 = _start_demo(data_dir, port)
     try:
         assert "(created now)" not in text2 and key2 != key
+        # Bots that were running when the platform stopped are started again.
+        assert "demo/demo-sma-btc: restarted" in text2, text2
         ok = httpx.get(f"http://127.0.0.1:{port}/v1/me",
                        headers={"Authorization": f"Bearer {key2}"}, timeout=30)
         assert ok.status_code == 200 and ok.json()["tenant"]["slug"] == "demo"

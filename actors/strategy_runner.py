@@ -1,0 +1,171 @@
+"""Run one bot's `Strategy` against live bars: the context it sees and what it may do.
+
+`BotContext` is the `trading.strategy.StrategyContext` of a live bot: orders the strategy
+places during a bar are collected and sent through the tenant's risk gate after the
+hook returns. Client order ids derive from the bot, the bar's time and the order's
+position within that bar, so a bar replayed after a restart produces the same ids and
+the store refuses the duplicates. A strategy that raises stops *its* bot with the error;
+risk and execution live in other processes and carry on.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from trading.instruments import Bar
+from trading.orders import Fill, Order
+from trading.strategy import Strategy, get_strategy
+
+log = logging.getLogger(__name__)
+
+SendOrder = Callable[[Order, Decimal | None], Awaitable[dict[str, Any]]]
+HISTORY = 500
+
+
+class BotContext:
+    """What a live strategy can see and do (implements `StrategyContext`)."""
+
+    def __init__(self, bot_id: uuid.UUID, cash: Decimal, positions: dict[str, Decimal],
+                 history: int) -> None:
+        self._bot = bot_id.hex[:12]
+        self._cash = cash
+        self._positions = dict(positions)
+        self._bars: dict[str, deque[Bar]] = {}
+        self._history = max(history, 2)
+        self._open: dict[str, str] = {}  # client order id → symbol
+        self._pending: list[Order] = []
+        self._now = datetime.now(UTC)
+        self._seq = 0
+        self.logs: deque[str] = deque(maxlen=100)
+
+    # -- the StrategyContext protocol ---------------------------------------------------
+    @property
+    def now(self) -> datetime:
+        return self._now
+
+    @property
+    def cash(self) -> Decimal:
+        return self._cash
+
+    @property
+    def equity(self) -> Decimal:
+        return self._cash + sum((q * (self.last_price(s) or Decimal(0))
+                                 for s, q in self._positions.items()), Decimal(0))
+
+    def buy(self, symbol: str, quantity: Decimal, *, type: str = "market",
+            limit_price: Decimal | None = None, stop_price: Decimal | None = None,
+            time_in_force: str = "gtc") -> str:
+        return self._place("buy", symbol, quantity, type, limit_price, stop_price, time_in_force)
+
+    def sell(self, symbol: str, quantity: Decimal, *, type: str = "market",
+             limit_price: Decimal | None = None, stop_price: Decimal | None = None,
+             time_in_force: str = "gtc") -> str:
+        return self._place("sell", symbol, quantity, type, limit_price, stop_price, time_in_force)
+
+    def cancel(self, client_order_id: str) -> None:
+        self.log(f"cancel requested for {client_order_id} (not supported for bots yet)")
+
+    def position(self, symbol: str) -> Decimal:
+        return self._positions.get(symbol, Decimal(0))
+
+    def last_price(self, symbol: str) -> Decimal | None:
+        bars = self._bars.get(symbol)
+        return bars[-1].close if bars else None
+
+    def history(self, symbol: str, n: int) -> Sequence[Bar]:
+        return list(self._bars.get(symbol, ()))[-n:]
+
+    def open_orders(self, symbol: str | None = None) -> Sequence[str]:
+        return [c for c, s in self._open.items() if symbol is None or s == symbol]
+
+    def log(self, message: str) -> None:
+        self.logs.append(f"{self._now.isoformat()} {message}")
+
+    # -- the runner's side --------------------------------------------------------------
+    def _place(self, side: str, symbol: str, quantity: Decimal, type_: str,
+               limit_price: Decimal | None, stop_price: Decimal | None, tif: str) -> str:
+        self._seq += 1
+        cid = f"b{self._bot}-{int(self._now.timestamp())}-{self._seq}"
+        order = Order.new(client_order_id=cid, symbol=symbol, side=side, type=type_,
+                          quantity=quantity, limit_price=limit_price, stop_price=stop_price,
+                          time_in_force=tif, created_at=self._now)  # decided on this bar
+        self._pending.append(order)
+        self._open[cid] = symbol
+        return cid
+
+    def begin_bar(self, bar: Bar) -> None:
+        self._now = bar.ts
+        self._seq = 0
+        self._bars.setdefault(bar.symbol, deque(maxlen=self._history)).append(bar)
+
+    def take_pending(self) -> list[Order]:
+        pending, self._pending = self._pending, []
+        return pending
+
+    def order_done(self, client_order_id: str) -> None:
+        self._open.pop(client_order_id, None)
+
+    def apply_fill(self, fill: Fill, position: Decimal, cash: Decimal) -> None:
+        self._positions[fill.symbol] = position
+        self._cash = cash
+
+
+class StrategyRunner:
+    """Feed bars to one bot's strategy and send its orders through risk."""
+
+    def __init__(self, bot_id: uuid.UUID, strategy: str, symbols: Sequence[str],
+                 params: dict[str, Any], *, cash: Decimal, positions: dict[str, Decimal],
+                 send: SendOrder) -> None:
+        self.strategy: Strategy = get_strategy(strategy)(symbols, **params)
+        self.ctx = BotContext(bot_id, cash, positions, self.strategy.warmup + 1)
+        self._send = send
+        self.error: str | None = None
+        self.started = False
+        self.bars_seen = 0
+
+    def start(self) -> None:
+        self._guard(lambda: self.strategy.on_start(self.ctx))
+        self.started = True
+
+    async def on_bars(self, bars: Sequence[Bar]) -> int:
+        """Run the strategy on each of its bars; return how many orders it sent."""
+        sent = 0
+        for bar in bars:
+            if self.error is not None:
+                break
+            if bar.symbol not in self.strategy.symbols:
+                continue
+            self.ctx.begin_bar(bar)
+            self.bars_seen += 1
+            self._guard(lambda bar=bar: self.strategy.on_bar(self.ctx, bar))  # type: ignore[misc]
+            for order in self.ctx.take_pending():
+                reply = await self._send(order, bar.close)
+                sent += 1
+                if reply.get("status") not in ("accepted", "partially_filled", "new"):
+                    self.ctx.order_done(order.client_order_id)
+        return sent
+
+    def on_fill(self, fill: Fill, position: Decimal, cash: Decimal, order_open: bool) -> None:
+        self.ctx.apply_fill(fill, position, cash)
+        if not order_open:
+            self.ctx.order_done(fill.client_order_id)
+        self._guard(lambda: self.strategy.on_fill(self.ctx, fill))
+
+    def stop(self) -> None:
+        if self.error is None:
+            self._guard(lambda: self.strategy.on_stop(self.ctx))
+
+    def _guard(self, hook: Callable[[], None]) -> None:
+        if self.error is not None:
+            return
+        try:
+            hook()
+        except Exception as exc:  # the bot's own code failed: record it, stop this bot only
+            self.error = f"{type(exc).__name__}: {exc}"[:1000]
+            log.warning("strategy error: %s", self.error)

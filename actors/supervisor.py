@@ -1,0 +1,297 @@
+"""Bot lifecycle and quota admission: start and stop a tenant's actors.
+
+A tenant with no running bot has no actors. Starting its first bot creates the tenant's
+``risk`` and ``execution`` actors; each bot adds ``strategy-<bot id>``; stopping the last
+bot removes risk and execution again (their state is in the tenant schema).
+
+Admission reads what is really alive from Ray's state API (actors in the namespace
+``tenant-<slug>`` and the resources they asked for) and refuses a start that would take
+the tenant past its plan's bots, CPU or memory, naming the limit, its value and the
+current use. Actors are created with the bot's validated ``num_cpus`` and ``memory``, so
+Ray's scheduler places them honestly; these are reservations, not hard limits (the
+metering collector watches what they really use).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import ray
+
+from actors.bots import Bot, BotStore
+from actors.tenant_runtime import (
+    EXECUTION,
+    RISK,
+    StrategyActor,
+    execution_actor,
+    risk_actor,
+    tenant_namespace,
+)
+from tenancy.db import Database
+from tenancy.models import Plan
+from tenancy.settings import Settings
+from trading.errors import Conflict, Forbidden
+
+log = logging.getLogger(__name__)
+
+SYSTEM_CPUS = 0.05  # the risk and execution actors, each
+SYSTEM_MEMORY = 200 * 1024**2
+
+
+class ResourceQuotaExceeded(Forbidden):
+    """Starting this would take the tenant past a limit of its plan (403)."""
+
+    default_code = "quota_exceeded"
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a tenant's alive actors hold, from Ray's state API."""
+
+    bots: int
+    cpus: float
+    memory_bytes: int
+    actors: tuple[str, ...]
+
+
+def strategy_actor_name(bot_id: uuid.UUID) -> str:
+    return f"strategy-{bot_id}"
+
+
+def _list_alive(namespace: str) -> list[Any]:
+    from ray.util.state import list_actors
+
+    # This cluster's GCS (the state API finds its dashboard from there), never a guess
+    # among the clusters running on the machine.
+    address = ray.get_runtime_context().gcs_address
+    return list(list_actors(address=address, filters=[("ray_namespace", "=", namespace),
+                                                      ("state", "=", "ALIVE")],
+                            detail=True, limit=10_000))
+
+
+async def tenant_usage(slug: str, known_bots: list[Bot] | None = None) -> Usage:
+    """Alive actors of the tenant and their reserved resources (Ray's state API).
+
+    Without a dashboard (no state API) it falls back to looking up the actors the
+    platform names (risk, execution, the strategy of each bot in `known_bots`) one by one,
+    with the resources the platform gave them.
+    """
+    try:
+        actors = await asyncio.to_thread(_list_alive, tenant_namespace(slug))
+    except Exception as exc:  # no dashboard, or it is unreachable
+        log.warning("state API unavailable (%s); counting named actors", type(exc).__name__)
+        return _usage_by_name(slug, known_bots or [])
+    names = tuple(sorted(a.name for a in actors if a.name))
+    cpus = sum(float((a.required_resources or {}).get("CPU", 0)) for a in actors)
+    memory = sum(int((a.required_resources or {}).get("memory", 0)) for a in actors)
+    bots = sum(1 for n in names if n.startswith("strategy-"))
+    return Usage(bots, cpus, memory, names)
+
+
+def _usage_by_name(slug: str, bots: list[Bot]) -> Usage:
+    namespace = tenant_namespace(slug)
+    wanted = [(EXECUTION, SYSTEM_CPUS, SYSTEM_MEMORY), (RISK, SYSTEM_CPUS, SYSTEM_MEMORY)]
+    wanted += [(strategy_actor_name(b.id), b.num_cpus, b.memory_bytes) for b in bots]
+    alive = []
+    for name, cpus, memory in wanted:
+        try:
+            ray.get_actor(name, namespace=namespace)
+        except ValueError:
+            continue
+        alive.append((name, cpus, memory))
+    names = tuple(sorted(n for n, _, _ in alive))
+    return Usage(sum(1 for n in names if n.startswith("strategy-")),
+                 sum(c for _, c, _ in alive), sum(m for _, _, m in alive), names)
+
+
+def admit(plan: Plan, usage: Usage, bot: Bot) -> None:
+    """Raise `ResourceQuotaExceeded` unless the bot (and any system actors) fit the plan."""
+    new_cpus, new_memory = bot.num_cpus, bot.memory_bytes
+    if EXECUTION not in usage.actors:
+        new_cpus += 2 * SYSTEM_CPUS
+        new_memory += 2 * SYSTEM_MEMORY
+    checks = (
+        ("bots", plan.max_bots, usage.bots, usage.bots + 1, ""),
+        ("cpu", None if plan.cpu is None else float(plan.cpu), round(usage.cpus, 3),
+         round(usage.cpus + new_cpus, 3), " CPUs"),
+        ("memory", plan.memory_bytes, usage.memory_bytes, usage.memory_bytes + new_memory,
+         " bytes"),
+    )
+    for name, limit, current, wanted, unit in checks:
+        if limit is not None and wanted > limit:
+            raise ResourceQuotaExceeded(
+                f"the {plan.code} plan allows {name} {limit}{unit}; in use {current}{unit}, "
+                f"starting this bot needs {wanted}{unit}", field=name)
+
+
+async def start_bot(settings: Settings, db: Database, tenant_id: uuid.UUID, slug: str,
+                    plan: Plan, bot_id: uuid.UUID | str) -> Bot:
+    """Admit and start a bot: its strategy actor and, if needed, risk and execution."""
+    store = BotStore(db, tenant_id, slug)
+    bot = await store.get(bot_id)
+    if bot.status in ("running", "starting"):
+        raise Conflict(f"bot {bot.name!r} is already {bot.status}", code="bot_running",
+                       field="status")
+    admit(plan, await tenant_usage(slug, await store.list()), bot)
+    bot = await store.set_status(bot.id, "starting")
+    try:
+        execution = execution_actor(settings, tenant_id, slug, num_cpus=SYSTEM_CPUS,
+                                    memory_bytes=SYSTEM_MEMORY)
+        risk = risk_actor(settings, tenant_id, slug, num_cpus=SYSTEM_CPUS,
+                          memory_bytes=SYSTEM_MEMORY)
+        strategy = StrategyActor.options(  # type: ignore[attr-defined]
+            name=strategy_actor_name(bot.id), namespace=tenant_namespace(slug),
+            lifetime="detached", get_if_exists=True, max_restarts=3, max_task_retries=-1,
+            num_cpus=bot.num_cpus, memory=bot.memory_bytes,
+        ).remote(settings, str(tenant_id), slug, _bot_payload(bot))
+        await asyncio.gather(execution.open_orders.remote(), risk.state.remote(),
+                             strategy.status.remote())
+        await subscribe_execution(settings, slug, execution, list(bot.symbols))
+        feed = _feed(settings)
+        if feed is not None:
+            await feed.subscribe.remote(f"{slug}/{strategy_actor_name(bot.id)}",
+                                        list(bot.symbols), strategy)
+    except Exception as exc:
+        await store.set_status(bot.id, "error", f"start failed: {type(exc).__name__}: {exc}")
+        await _kill(slug, strategy_actor_name(bot.id))
+        raise
+    return await store.set_status(bot.id, "running")
+
+
+async def stop_bot(settings: Settings, db: Database, tenant_id: uuid.UUID, slug: str,
+                   bot_id: uuid.UUID | str, *, status: str = "stopped",
+                   error: str | None = None) -> Bot:
+    """Stop a bot's strategy; remove risk and execution when no bot is left."""
+    store = BotStore(db, tenant_id, slug)
+    bot = await store.get(bot_id)
+    name = strategy_actor_name(bot.id)
+    if bot.status in ("running", "starting", "error"):
+        await store.set_status(bot.id, "stopping", error)
+        feed = _feed(settings)
+        if feed is not None:
+            await feed.unsubscribe.remote(f"{slug}/{name}")
+        try:
+            handle = ray.get_actor(name, namespace=tenant_namespace(slug))
+            await asyncio.wait_for(handle.stop.remote(), 10)
+        except (ValueError, TimeoutError, ray.exceptions.RayError):
+            pass
+        await _kill(slug, name)
+    bot = await store.set_status(bot.id, status, error)
+    if not any(b.status in ("running", "starting") for b in await store.list()):
+        if feed_ := _feed(settings):
+            await feed_.unsubscribe.remote(f"{slug}/{EXECUTION}")
+        await _kill(slug, RISK)
+        await _kill(slug, EXECUTION)
+    return bot
+
+
+async def stop_all_bots(settings: Settings, tenant_id: uuid.UUID, slug: str, *,
+                        reason: str) -> int:
+    """Stop every running bot of the tenant (the kill switch); return how many."""
+    db = Database.from_url(settings.database_url or "", pool_size=1)
+    try:
+        bots = [b for b in await BotStore(db, tenant_id, slug).list()
+                if b.status in ("running", "starting")]
+        for bot in bots:
+            await _stop_keeping_system(settings, db, tenant_id, slug, bot, reason)
+        return len(bots)
+    finally:
+        await db.dispose()
+
+
+async def _stop_keeping_system(settings: Settings, db: Database, tenant_id: uuid.UUID,
+                               slug: str, bot: Bot, reason: str) -> None:
+    # Called from inside the risk actor: leave risk and execution alive (they are busy
+    # finishing the kill switch); they go with the next stop or start cycle.
+    store = BotStore(db, tenant_id, slug)
+    name = strategy_actor_name(bot.id)
+    feed = _feed(settings)
+    if feed is not None:
+        await feed.unsubscribe.remote(f"{slug}/{name}")
+    await _kill(slug, name)
+    await store.set_status(bot.id, "stopped", f"kill switch: {reason}")
+
+
+async def bot_failed(settings: Settings, tenant_id: uuid.UUID, slug: str, bot_id: uuid.UUID,
+                     error: str) -> None:
+    """Record a strategy's error and take its bot out of the feed (risk/execution stay)."""
+    db = Database.from_url(settings.database_url or "", pool_size=1)
+    try:
+        await BotStore(db, tenant_id, slug).set_status(bot_id, "error", error)
+        feed = _feed(settings)
+        if feed is not None:
+            await feed.unsubscribe.remote(f"{slug}/{strategy_actor_name(bot_id)}")
+    finally:
+        await db.dispose()
+
+
+async def subscribe_execution(settings: Settings, slug: str, execution: Any,
+                              symbols: list[str]) -> None:
+    """Make sure the execution actor receives bars of `symbols` (adds to what it has)."""
+    feed = _feed(settings)
+    if feed is None:
+        return
+    key = f"{slug}/{EXECUTION}"
+    current: dict[str, Any] = await feed.subscribers.remote()
+    wanted = sorted(set(current.get(key, ())) | set(symbols))
+    await feed.subscribe.remote(key, wanted, execution)
+
+
+async def _kill(slug: str, name: str) -> None:
+    with contextlib.suppress(ValueError):  # not running
+        ray.kill(ray.get_actor(name, namespace=tenant_namespace(slug)), no_restart=True)
+
+
+def _feed(settings: Settings) -> Any:
+    """The market-data feed actor if it runs (bars reach bots only through it)."""
+    from actors.feed import FEED_NAME, FEED_NAMESPACE
+
+    try:
+        return ray.get_actor(FEED_NAME, namespace=FEED_NAMESPACE)
+    except ValueError:
+        return None
+
+
+def _bot_payload(bot: Bot) -> dict[str, Any]:
+    return {"id": str(bot.id), "name": bot.name, "strategy": bot.strategy,
+            "symbols": list(bot.symbols), "params": dict(bot.params),
+            "capital": str(Decimal(bot.capital))}
+
+
+async def reconcile(settings: Settings, db: Database) -> list[str]:
+    """After a cluster (re)start, restart the bots the store says are running.
+
+    Detached actors die with their cluster; the bots' desired state is in PostgreSQL.
+    Returns one line per bot touched; a bot that cannot be admitted is marked ``error``.
+    """
+    from tenancy.plans import get_plan
+    from tenancy.tenants import list_tenants
+
+    report = []
+    async with db.platform() as uow:
+        tenants = await list_tenants(uow.conn, status="active")
+        plans = {t.plan: await get_plan(uow.conn, t.plan) for t in tenants}
+    for tenant in tenants:
+        store = BotStore(db, tenant.id, tenant.slug)
+        for bot in await store.list():
+            if bot.status not in ("running", "starting", "stopping"):
+                continue
+            try:
+                ray.get_actor(strategy_actor_name(bot.id), namespace=tenant_namespace(tenant.slug))
+                continue  # alive: nothing to do
+            except ValueError:
+                pass
+            await store.set_status(bot.id, "stopped")
+            try:
+                await start_bot(settings, db, tenant.id, tenant.slug, plans[tenant.plan], bot.id)
+                report.append(f"{tenant.slug}/{bot.name}: restarted")
+            except Exception as exc:
+                await store.set_status(bot.id, "error", f"restart failed: {exc}")
+                report.append(f"{tenant.slug}/{bot.name}: {exc}")
+    return report

@@ -1,0 +1,26 @@
+"""A strategy that fails on purpose (imported through ATP_STRATEGY_MODULES in tests)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from trading.instruments import Bar
+from trading.strategy import Strategy, StrategyContext, register
+
+
+@register
+class Exploding(Strategy):
+    name = "exploding"
+    description = "Buys once, then raises on its third bar (for tests)."
+    params = {}
+
+    def __init__(self, symbols: list[str], **params: object) -> None:
+        super().__init__(symbols, **params)
+        self.seen = 0
+
+    def on_bar(self, ctx: StrategyContext, bar: Bar) -> None:
+        self.seen += 1
+        if self.seen == 1:
+            ctx.buy(bar.symbol, Decimal("0.01"))
+        if self.seen == 3:
+            raise RuntimeError("boom on bar 3")
