@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import uuid
 from datetime import datetime
@@ -28,6 +29,8 @@ from trading.broker import PaperBroker
 from trading.data import DEFAULT_INSTRUMENTS
 from trading.instruments import Bar
 from trading.orders import Fill, Order, Side
+
+log = logging.getLogger(__name__)
 
 EXECUTION = "execution"
 RISK = "risk"
@@ -88,7 +91,7 @@ class ExecutionActor:
             try:
                 await asyncio.to_thread(_forward_fill, self._slug, event)
             except Exception:  # best effort: risk and strategies rebuild from the store
-                continue
+                log.warning("forwarding a fill failed", exc_info=True)
 
     async def submit(self, order: Order, account: str, source: str,
                      bot_id: str | None = None) -> dict[str, Any]:
