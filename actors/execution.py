@@ -85,9 +85,12 @@ class ExecutionEngine:
         """Write, accept and route an order; a known client order id returns its state."""
         async with self._lock:
             stored = await self._store.submit(order, account=account, source=source,
-                                              bot_id=bot_id)
+                                              bot_id=bot_id, accept=True)
             current = stored.order
-            if current.status is OrderStatus.NEW:
+            if stored.created:  # written NEW → ACCEPTED in one transaction; now the broker
+                self._route(current, stored.account, stored.source)
+                await self._publish({"type": "order", "order": order_view(current, account)})
+            elif current.status is OrderStatus.NEW:  # written before a crash, never accepted
                 await self._accept(current, stored.account, source=stored.source)
             elif current.client_order_id in self._working:
                 current = self._working[current.client_order_id][0]
@@ -108,9 +111,12 @@ class ExecutionEngine:
 
     async def _accept(self, order: Order, account: str, *, source: str = "bot") -> None:
         await self._store.transition(order, order.transition(OrderStatus.ACCEPTED))
+        self._route(order, account, source)
+        await self._publish({"type": "order", "order": order_view(order, account)})
+
+    def _route(self, order: Order, account: str, source: str) -> None:
         self._working[order.client_order_id] = (order, account)
         self._broker.submit(order, self._submitted_at(order, source))
-        await self._publish({"type": "order", "order": order_view(order, account)})
 
     def _submitted_at(self, order: Order, source: str) -> datetime:
         """The time the broker treats the order as placed: it fills from the next bar after.

@@ -93,27 +93,37 @@ class TradingStore:
             await uow.commit()
 
     async def submit(self, order: Order, *, account: str, source: str,
-                     bot_id: uuid.UUID | None = None) -> StoredOrder:
-        """Write a NEW order and its first event; a known client order id returns the stored one."""
+                     bot_id: uuid.UUID | None = None, accept: bool = False) -> StoredOrder:
+        """Write a NEW order and its first event; a known client order id returns the stored one.
+
+        With `accept` the order is also moved to ACCEPTED (both events stored) in the same
+        transaction: still written before any broker sees it, with one commit instead of two.
+        """
         if order.status is not OrderStatus.NEW:
             raise IllegalTransition("only NEW orders are submitted", field="status")
+        order = order.copy()
+        accepted = order.transition(OrderStatus.ACCEPTED) if accept else None
         async with self._uow() as uow:
             order_id = (await uow.conn.execute(text(
                 "INSERT INTO orders (id, client_order_id, account, bot_id, symbol, side, type,"
                 " quantity, limit_price, stop_price, time_in_force, status, source, created_at)"
-                " VALUES (:id, :c, :a, :b, :s, :side, :t, :q, :lp, :sp, :tif, 'new', :src, :at)"
+                " VALUES (:id, :c, :a, :b, :s, :side, :t, :q, :lp, :sp, :tif, :st, :src, :at)"
                 " ON CONFLICT (client_order_id) DO NOTHING RETURNING id"),
                 {"id": uuid.uuid4(), "c": order.client_order_id, "a": account, "b": bot_id,
                  "s": order.symbol, "side": order.side.value, "t": order.type.value,
                  "q": order.quantity, "lp": order.limit_price, "sp": order.stop_price,
-                 "tif": order.time_in_force.value, "src": source, "at": order.created_at}
+                 "tif": order.time_in_force.value, "st": order.status.value, "src": source,
+                 "at": order.created_at}
             )).scalar_one_or_none()
             if order_id is None:
                 stored = await self._load(uow.conn, order.client_order_id)
                 return StoredOrder(stored[0], stored[1], stored[2], stored[3], created=False)
             await _event(uow.conn, order_id, None, OrderStatus.NEW, None, order.created_at)
+            if accepted is not None:
+                await _event(uow.conn, order_id, accepted.from_status, accepted.to_status, None,
+                             accepted.ts)
             await uow.commit()
-        return StoredOrder(order_id, order.copy(), account, source)
+        return StoredOrder(order_id, order, account, source)
 
     async def transition(self, order: Order, event: OrderEvent) -> None:
         """Store a status change made with `Order.transition` (not a fill)."""

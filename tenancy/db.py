@@ -82,9 +82,11 @@ class Database:
             await conn.begin()
             try:
                 await conn.execute(text(f"SET LOCAL ROLE {role}"))
-                await conn.execute(text(f"SET LOCAL search_path TO {role}"))
-                await conn.execute(text("SELECT set_config('atp.tenant_id', :t, true)"),
-                                   {"t": tid})
+                # set_config(..., true) is SET LOCAL; one round trip for both settings.
+                await conn.execute(
+                    text("SELECT set_config('search_path', :p, true),"
+                         " set_config('atp.tenant_id', :t, true)"),
+                    {"p": role, "t": tid})
                 yield uow
             finally:
                 if not uow.committed and conn.in_transaction():
