@@ -21,6 +21,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from actors.store import TradingStore
@@ -154,14 +155,27 @@ class ExecutionEngine:
     async def on_bars(self, bars: Iterable[Bar]) -> int:
         """Feed bars to the broker and store what happens; return the number of fills."""
         fills = 0
+        traded: set[str] = set()
+        closes: dict[str, Decimal] = {}
+        last: datetime | None = None
         async with self._lock:
             for bar in bars:
                 self._last_bar[bar.symbol] = max(bar.ts, self._last_bar.get(bar.symbol, bar.ts))
+                closes[bar.symbol] = bar.close
+                last = bar.ts if last is None else max(last, bar.ts)
                 for update in self._broker.on_bar(bar):
                     if isinstance(update, Fill):
-                        fills += await self._fill(update)
+                        entry = self._working.get(update.client_order_id)
+                        account = entry[1] if entry else ""
+                        if await self._fill(update):
+                            fills += 1
+                            traded.add(account)
                     else:
                         await self._end(update)
+        # One P&L snapshot per account that traded in this batch, marked at the closes.
+        for account in sorted(traded):
+            assert last is not None
+            await self._store.snapshot(account, closes, last)
         return fills
 
     async def _fill(self, fill: Fill) -> int:

@@ -193,6 +193,31 @@ class TradingStore:
             await uow.commit()
         return FillResult(True, after, cash, fees)
 
+    async def snapshot(self, account: str, prices: dict[str, Decimal], at: datetime) -> None:
+        """Store a P&L snapshot of an account, marking positions at `prices` (else cost)."""
+        async with self._uow() as uow:
+            c = uow.conn
+            acct = (await c.execute(text("SELECT cash, fees FROM accounts WHERE account = :a"),
+                                    {"a": account})).first()
+            if acct is None:
+                return
+            rows = (await c.execute(text(
+                "SELECT symbol, quantity, average_cost, realized_pnl FROM positions"
+                " WHERE account = :a"), {"a": account})).all()
+            portfolio = Portfolio.restore(acct.cash, [Position(*r) for r in rows], acct.fees)
+            for symbol, price in prices.items():
+                if portfolio.position(symbol).quantity:
+                    portfolio.mark(symbol, price)
+            snap = portfolio.snapshot(at)
+            await c.execute(text(
+                "INSERT INTO pnl_snapshots (account, at, cash, equity, realized_pnl,"
+                " unrealized_pnl, fees, gross_exposure, net_exposure) VALUES"
+                " (:a, :at, :cash, :eq, :r, :u, :f, :g, :n)"),
+                {"a": account, "at": at, "cash": snap.cash, "eq": snap.equity,
+                 "r": snap.realized_pnl, "u": snap.unrealized_pnl, "f": snap.fees,
+                 "g": snap.gross_exposure, "n": snap.net_exposure})
+            await uow.commit()
+
     async def get(self, client_order_id: str) -> StoredOrder:
         async with self._uow() as uow:
             order_id, order, account, source = await self._load(uow.conn, client_order_id)

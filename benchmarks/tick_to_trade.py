@@ -24,7 +24,8 @@ bar written, pushes sent) is printed for reference; it is inside both legs.
 
 Nothing is subtracted. "Exists in PostgreSQL" is detected in one of two ways
 (``--detect``): ``notify`` (default) adds, in this benchmark's own database only, two
-AFTER triggers to the latency tenant's ``orders`` (status new → accepted) and ``fills``
+AFTER triggers to the latency tenant's ``orders`` (accepted: inserted as such, or new →
+accepted) and ``fills``
 (insert) that ``pg_notify`` the driver, which LISTENs on its own asyncpg connection; a
 notification is delivered only after the writer's commit, and the trigger adds one
 function call to those transactions. ``poll`` instead runs a tight loop of one indexed
@@ -318,6 +319,9 @@ class NotifyDetector(Detector):
             CREATE TRIGGER bench_ttt_accepted AFTER UPDATE OF status ON "{schema}".orders
                 FOR EACH ROW WHEN (OLD.status = 'new' AND NEW.status = 'accepted')
                 EXECUTE FUNCTION "{schema}".bench_ttt_notify();
+            CREATE TRIGGER bench_ttt_accepted_insert AFTER INSERT ON "{schema}".orders
+                FOR EACH ROW WHEN (NEW.status = 'accepted')
+                EXECUTE FUNCTION "{schema}".bench_ttt_notify();
             CREATE TRIGGER bench_ttt_fill AFTER INSERT ON "{schema}".fills
                 FOR EACH ROW EXECUTE FUNCTION "{schema}".bench_ttt_notify();
         """)
@@ -335,6 +339,7 @@ class NotifyDetector(Detector):
     async def close(self) -> None:
         await self.conn.execute(f"""
             DROP TRIGGER bench_ttt_accepted ON "{self.schema}".orders;
+            DROP TRIGGER bench_ttt_accepted_insert ON "{self.schema}".orders;
             DROP TRIGGER bench_ttt_fill ON "{self.schema}".fills;
             DROP FUNCTION "{self.schema}".bench_ttt_notify()""")
         await self.conn.close()

@@ -98,6 +98,11 @@ async def test_a_bot_trades_on_fed_bars_and_streams(http: httpx.AsyncClient, gat
     held = sum((Decimal(p["quantity"]) for p in positions if p["account"] == f"bot:{bot['id']}"),
                Decimal(0))
     assert held == net
+    pnl = {p["account"]: p for p in (await http.get("/v1/pnl", headers=bearer(key))).json()}
+    snapshot = pnl[f"bot:{bot['id']}"]["snapshot"]
+    assert snapshot is not None  # written by execution after the batch that traded
+    assert Decimal(snapshot["equity"]) == Decimal(snapshot["cash"]) + Decimal(
+        snapshot["net_exposure"])
 
     stopped = await http.post(f"/v1/bots/{bot['id']}/stop", headers=bearer(key))
     assert stopped.json()["status"] == "stopped"
