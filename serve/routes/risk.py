@@ -43,4 +43,19 @@ async def put_risk(body: RiskPut, principal: AdminDep, services: ServicesDep) ->
     async with services.db.tenant(tenant.id, tenant.slug) as uow:
         settings = await queries.put_risk_limits(uow.conn, limits, body.version)
         await uow.commit()
+    await reload_running_gate(tenant.slug)
     return _out(settings)
+
+
+async def reload_running_gate(slug: str) -> None:
+    """Make a running risk actor apply the new limits now (none runs: nothing to do)."""
+    import ray
+
+    from actors.calls import call
+    from actors.tenant_runtime import RISK, tenant_namespace
+
+    try:
+        gate = ray.get_actor(RISK, namespace=tenant_namespace(slug))
+    except ValueError:
+        return
+    await call(gate.reload.remote())

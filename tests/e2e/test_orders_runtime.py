@@ -135,3 +135,18 @@ async def test_a_failing_strategy_stops_only_its_bot(http: httpx.AsyncClient, fe
 
     await wait_for(filled, timeout=20, interval=0.2)
     await http.post(f"/v1/bots/{bad['id']}/stop", headers=key)
+
+
+async def test_new_limits_apply_to_a_running_risk_gate(http: httpx.AsyncClient, feed: Any,
+                                                      make_tenant: TenantFactory) -> None:
+    t = await make_tenant()
+    key = bearer(t.api_key)
+    body = {"symbol": "BTC-USD", "side": "buy", "type": "limit", "quantity": "0.01",
+            "limit_price": "100"}
+    assert (await http.post("/v1/orders", json={**body, "client_order_id": "l-1"},
+                            headers=key)).status_code == 201  # the gate is running now
+    put = await http.put("/v1/risk", json={"limits": {"max_order_notional": "0.5"}}, headers=key)
+    assert put.status_code == 200, put.text
+    refused = await http.post("/v1/orders", json={**body, "client_order_id": "l-2"}, headers=key)
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "max_order_notional"
