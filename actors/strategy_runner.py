@@ -104,6 +104,11 @@ class BotContext:
         self._seq = 0
         self._bars.setdefault(bar.symbol, deque(maxlen=self._history)).append(bar)
 
+    def preload(self, bars: Sequence[Bar]) -> None:
+        """Fill the history with stored bars (after a restart) without running the strategy."""
+        for bar in bars:
+            self._bars.setdefault(bar.symbol, deque(maxlen=self._history)).append(bar)
+
     def take_pending(self) -> list[Order]:
         pending, self._pending = self._pending, []
         return pending

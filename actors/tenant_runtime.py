@@ -8,11 +8,12 @@ every call is idempotent, and state is rebuilt from the tenant schema on restart
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -20,6 +21,7 @@ import ray
 from redis.asyncio import Redis
 
 from actors.execution import ExecutionEngine
+from actors.market import read_bars
 from actors.risk_gate import RiskGate
 from actors.store import TradingStore
 from actors.strategy_runner import StrategyRunner
@@ -27,6 +29,7 @@ from tenancy.db import Database
 from tenancy.settings import Settings
 from trading.broker import PaperBroker
 from trading.data import DEFAULT_INSTRUMENTS
+from trading.errors import NotFound
 from trading.instruments import Bar
 from trading.orders import Fill, Order, Side
 
@@ -34,6 +37,7 @@ log = logging.getLogger(__name__)
 
 EXECUTION = "execution"
 RISK = "risk"
+HISTORY_BARS = 500  # bars per symbol preloaded into a (re)started strategy
 FEE_BPS = Decimal(10)
 SLIPPAGE_BPS = Decimal(5)
 
@@ -283,9 +287,18 @@ class StrategyActor:
                 bot_id = uuid.UUID(self._bot["id"])
                 account = f"bot:{bot_id}"
                 db = Database.from_url(self._settings.database_url or "", pool_size=1)
+                history: list[Bar] = []
                 try:
                     portfolio = await TradingStore(db, self._tenant_id, self._slug
                                                    ).portfolio(account)
+                    # Rebuild the strategy's recent history from the shared bars table (bars
+                    # up to now), so a restarted bot does not wait for a new warm-up.
+                    async with db.tenant(self._tenant_id, self._slug) as uow:
+                        for symbol in self._bot["symbols"]:
+                            with contextlib.suppress(NotFound):  # no bars for it yet
+                                history += await read_bars(uow.conn, symbol,
+                                                           end=datetime.now(UTC),
+                                                           limit=HISTORY_BARS)
                 finally:
                     await db.dispose()
                 risk = risk_actor(self._settings, self._tenant_id, self._slug)
@@ -299,6 +312,7 @@ class StrategyActor:
                     bot_id, self._bot["strategy"], self._bot["symbols"], self._bot["params"],
                     cash=portfolio.cash,
                     positions={p.symbol: p.quantity for p in portfolio.positions()}, send=send)
+                runner.ctx.preload(sorted(history, key=lambda b: (b.ts, b.symbol)))
                 runner.start()
                 self._runner = runner
         assert self._runner is not None
