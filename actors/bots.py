@@ -18,7 +18,6 @@ import json
 import math
 import uuid
 from collections.abc import Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -28,7 +27,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tenancy.db import Database, UnitOfWork
+from tenancy.db import TenantScoped
 from trading.errors import Conflict, Invalid, NotFound
 from trading.instruments import validate_symbol
 from trading.strategy import Params, Strategy, get_strategy
@@ -174,16 +173,9 @@ class Bot:
                        memory_mb=self.memory_mb)
 
 
-class BotStore:
+class BotStore(TenantScoped):
     """One tenant's bots in its schema."""
 
-    def __init__(self, db: Database, tenant_id: uuid.UUID, slug: str) -> None:
-        self._db = db
-        self._tenant_id = tenant_id
-        self._slug = slug
-
-    def _uow(self) -> AbstractAsyncContextManager[UnitOfWork]:
-        return self._db.tenant(self._tenant_id, self._slug)
 
     async def create(self, spec: BotSpec) -> Bot:
         """Store a new, stopped bot and open its paper account with the capital as cash.

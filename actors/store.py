@@ -14,7 +14,6 @@ Every method is one tenant unit of work (the tenant's role and schema, see
 from __future__ import annotations
 
 import uuid
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -23,7 +22,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tenancy.db import Database, UnitOfWork
+from tenancy.db import TenantScoped
 from trading.errors import NotFound
 from trading.orders import (
     Fill,
@@ -73,16 +72,9 @@ def order_from_row(row: Any) -> Order:
         fees=row.fees, created_at=row.created_at, triggered=row.triggered, reason=row.reason)
 
 
-class TradingStore:
+class TradingStore(TenantScoped):
     """Persistence of one tenant's trading state."""
 
-    def __init__(self, db: Database, tenant_id: uuid.UUID, slug: str) -> None:
-        self._db = db
-        self._tenant_id = tenant_id
-        self._slug = slug
-
-    def _uow(self) -> AbstractAsyncContextManager[UnitOfWork]:
-        return self._db.tenant(self._tenant_id, self._slug)
 
     async def open_account(self, account: str, cash: Decimal) -> None:
         """Create a paper account with starting cash unless it exists."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import text
@@ -110,3 +110,15 @@ class Database:
         async with self._connect() as conn:
             await conn.execute(text("SELECT 1"))
             await conn.rollback()
+
+
+class TenantScoped:
+    """Base of repositories that work in one tenant's units of work."""
+
+    def __init__(self, db: Database, tenant_id: uuid.UUID, slug: str) -> None:
+        self._db = db
+        self._tenant_id = tenant_id
+        self._slug = slug
+
+    def _uow(self) -> AbstractAsyncContextManager[UnitOfWork]:
+        return self._db.tenant(self._tenant_id, self._slug)

@@ -187,6 +187,13 @@ _COMMON = {
 class FixedQuantityStrategy(Strategy):
     """Shared order logic of the built-ins: act on a +1 / -1 signal for one symbol."""
 
+    def window(self, ctx: StrategyContext, bar: Bar) -> Sequence[Bar] | None:
+        """The last `warmup` bars of the bar's symbol, or None (another symbol, or too few)."""
+        if bar.symbol not in self.symbols:
+            return None
+        bars = ctx.history(bar.symbol, self.warmup)
+        return bars if len(bars) >= self.warmup else None
+
     def trade(self, ctx: StrategyContext, symbol: str, signal: int, why: str) -> str | None:
         """Act on `signal` for `symbol`; return the client order id, or None when nothing was placed."""
         if signal == 0 or ctx.open_orders(symbol):
@@ -226,10 +233,8 @@ class SmaCrossover(FixedQuantityStrategy):
         return int(self.p.slow) + 1
 
     def on_bar(self, ctx: StrategyContext, bar: Bar) -> None:
-        if bar.symbol not in self.symbols:
-            return
-        bars = ctx.history(bar.symbol, self.warmup)
-        if len(bars) < self.warmup:
+        bars = self.window(ctx, bar)
+        if bars is None:
             return
         signal = sma_crossover_signals([b.close for b in bars], self.p.fast, self.p.slow)[-1]
         if signal:
@@ -307,10 +312,8 @@ class BreakoutStrategy(FixedQuantityStrategy):
         return int(self.p.lookback) + 1
 
     def on_bar(self, ctx: StrategyContext, bar: Bar) -> None:
-        if bar.symbol not in self.symbols:
-            return
-        bars = ctx.history(bar.symbol, self.warmup)
-        if len(bars) < self.warmup:
+        bars = self.window(ctx, bar)
+        if bars is None:
             return
         signal = breakout_signals([b.high for b in bars], [b.low for b in bars],
                                   [b.close for b in bars], self.p.lookback)[-1]
