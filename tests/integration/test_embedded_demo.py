@@ -19,7 +19,7 @@ import httpx
 import psutil
 import pytest
 
-pytestmark = pytest.mark.embedded
+pytestmark = [pytest.mark.embedded, pytest.mark.timeout(900)]
 
 
 def _free_port() -> int:
