@@ -44,9 +44,11 @@ STATUSES = ("stopped", "starting", "running", "stopping", "error")
 EDITABLE_STATUSES = frozenset({"stopped", "error"})  # a bot's definition changes only then
 SPEC_KEYS = ("name", "strategy", "symbols", "params", "capital", "resources")
 UPDATABLE_KEYS = ("name", "params", "symbols", "capital", "resources")
-RESOURCE_KEYS = ("num_cpus", "memory_mb")
+RESOURCE_KEYS = ("num_cpus", "memory_mb", "num_gpus")
+MAX_GPUS = 8
 
-_BOT_COLUMNS = ("id, name, strategy, params, symbols, capital, num_cpus, memory_bytes, status,"
+_BOT_COLUMNS = ("id, name, strategy, params, symbols, capital, num_cpus, memory_bytes, num_gpus,"
+                " status,"
                 " last_error, created_at, updated_at, version")
 
 
@@ -71,6 +73,7 @@ class BotSpec:
     params: Mapping[str, Any] = field(default_factory=lambda: Params({}), hash=False)
     num_cpus: float = DEFAULT_NUM_CPUS
     memory_mb: int = DEFAULT_MEMORY_MB
+    num_gpus: float = 0.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -81,13 +84,14 @@ class BotSpec:
         set_(self, "capital", _capital(self.capital))
         set_(self, "num_cpus", _num_cpus(self.num_cpus))
         set_(self, "memory_mb", _memory_mb(self.memory_mb))
+        set_(self, "num_gpus", _num_gpus(self.num_gpus))
 
     @classmethod
     def validate(cls, data: Mapping[str, Any]) -> BotSpec:
         """Build a spec from a JSON-like mapping, refusing unknown keys (and in ``resources``).
 
         Keys: ``name``, ``strategy``, ``symbols``, ``params`` (optional), ``capital`` and
-        ``resources`` (optional: ``num_cpus``, ``memory_mb``).
+        ``resources`` (optional: ``num_cpus``, ``memory_mb``, ``num_gpus``).
         """
         if not isinstance(data, Mapping):
             raise Invalid("a bot must be an object", field=None)
@@ -107,7 +111,8 @@ class BotSpec:
         return cls(name=data["name"], strategy=data["strategy"], symbols=data["symbols"],
                    params=params, capital=data["capital"],
                    num_cpus=resources.get("num_cpus", DEFAULT_NUM_CPUS),
-                   memory_mb=resources.get("memory_mb", DEFAULT_MEMORY_MB))
+                   memory_mb=resources.get("memory_mb", DEFAULT_MEMORY_MB),
+                   num_gpus=resources.get("num_gpus", 0))
 
     @property
     def memory_bytes(self) -> int:
@@ -118,7 +123,8 @@ class BotSpec:
         """Return the spec in the shape `validate` reads (JSON-friendly but for `capital`)."""
         return {"name": self.name, "strategy": self.strategy, "symbols": list(self.symbols),
                 "params": dict(self.params), "capital": self.capital,
-                "resources": {"num_cpus": self.num_cpus, "memory_mb": self.memory_mb}}
+                "resources": {"num_cpus": self.num_cpus, "memory_mb": self.memory_mb,
+                              "num_gpus": self.num_gpus}}
 
     def build(self) -> Strategy:
         """Return a fresh instance of the strategy with these symbols and parameters."""
@@ -137,6 +143,7 @@ class Bot:
     capital: Decimal
     num_cpus: float
     memory_bytes: int
+    num_gpus: float
     status: str
     last_error: str | None
     created_at: datetime
@@ -148,7 +155,8 @@ class Bot:
         params = row.params if isinstance(row.params, Mapping) else json.loads(row.params)
         return cls(id=row.id, name=row.name, strategy=row.strategy, params=Params(params),
                    symbols=tuple(row.symbols), capital=row.capital, num_cpus=float(row.num_cpus),
-                   memory_bytes=int(row.memory_bytes), status=row.status, last_error=row.last_error,
+                   memory_bytes=int(row.memory_bytes), num_gpus=float(row.num_gpus),
+                   status=row.status, last_error=row.last_error,
                    created_at=row.created_at, updated_at=row.updated_at, version=row.version)
 
     @property
@@ -170,7 +178,7 @@ class Bot:
         """Return the stored definition as a spec (validated again)."""
         return BotSpec(name=self.name, strategy=self.strategy, symbols=self.symbols,
                        params=self.params, capital=self.capital, num_cpus=self.num_cpus,
-                       memory_mb=self.memory_mb)
+                       memory_mb=self.memory_mb, num_gpus=self.num_gpus)
 
 
 class BotStore(TenantScoped):
@@ -187,8 +195,9 @@ class BotStore(TenantScoped):
         async with self._uow() as uow:
             row = (await uow.conn.execute(text(
                 f"INSERT INTO bots (id, name, strategy, params, symbols, capital, num_cpus,"
-                f" memory_bytes) VALUES (:id, :name, :strategy, CAST(:params AS jsonb), :symbols,"
-                f" :capital, :cpus, :mem) ON CONFLICT (name) DO NOTHING RETURNING {_BOT_COLUMNS}"),
+                f" memory_bytes, num_gpus) VALUES (:id, :name, :strategy, CAST(:params AS jsonb),"
+                f" :symbols, :capital, :cpus, :mem, :gpus) ON CONFLICT (name) DO NOTHING"
+                f" RETURNING {_BOT_COLUMNS}"),
                 {"id": uuid.uuid4(), **_spec_values(spec)})).first()
             if row is None:
                 raise _name_taken(spec.name)
@@ -241,7 +250,7 @@ class BotStore(TenantScoped):
                 row = (await uow.conn.execute(text(
                     f"UPDATE bots SET name = :name, strategy = :strategy,"
                     f" params = CAST(:params AS jsonb), symbols = :symbols, capital = :capital,"
-                    f" num_cpus = :cpus, memory_bytes = :mem, updated_at = now(),"
+                    f" num_cpus = :cpus, memory_bytes = :mem, num_gpus = :gpus, updated_at = now(),"
                     f" version = version + 1 WHERE id = :id RETURNING {_BOT_COLUMNS}"),
                     {"id": key, **_spec_values(spec)})).one()
             except IntegrityError as exc:
@@ -348,6 +357,14 @@ def _num_cpus(value: Any) -> float:
     return number
 
 
+def _num_gpus(value: Any) -> float:
+    field_ = "resources.num_gpus"
+    number = float(to_decimal(value, field=field_))
+    if not math.isfinite(number) or not 0 <= number <= MAX_GPUS:
+        raise Invalid(f"{field_} must be between 0 and {MAX_GPUS}", field=field_)
+    return number
+
+
 def _memory_mb(value: Any) -> int:
     field_ = "resources.memory_mb"
     number = to_decimal(value, field=field_)
@@ -374,7 +391,8 @@ def _merged(current: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, An
 def _spec_values(spec: BotSpec) -> dict[str, Any]:
     return {"name": spec.name, "strategy": spec.strategy, "params": json.dumps(dict(spec.params)),
             "symbols": list(spec.symbols), "capital": spec.capital,
-            "cpus": Decimal(repr(spec.num_cpus)), "mem": spec.memory_bytes}
+            "cpus": Decimal(repr(spec.num_cpus)), "mem": spec.memory_bytes,
+            "gpus": Decimal(repr(spec.num_gpus))}
 
 
 def _bot_id(value: Any) -> uuid.UUID:

@@ -58,6 +58,7 @@ class Usage:
     cpus: float
     memory_bytes: int
     actors: tuple[str, ...]
+    gpus: float = 0.0
 
 
 def strategy_actor_name(bot_id: uuid.UUID) -> str:
@@ -90,28 +91,33 @@ async def tenant_usage(slug: str, known_bots: list[Bot] | None = None) -> Usage:
     names = tuple(sorted(a.name for a in actors if a.name))
     cpus = sum(float((a.required_resources or {}).get("CPU", 0)) for a in actors)
     memory = sum(int((a.required_resources or {}).get("memory", 0)) for a in actors)
+    gpus = sum(float((a.required_resources or {}).get("GPU", 0)) for a in actors)
     bots = sum(1 for n in names if n.startswith("strategy-"))
-    return Usage(bots, cpus, memory, names)
+    return Usage(bots, cpus, memory, names, gpus)
 
 
 def _usage_by_name(slug: str, bots: list[Bot]) -> Usage:
     namespace = tenant_namespace(slug)
-    wanted = [(EXECUTION, SYSTEM_CPUS, SYSTEM_MEMORY), (RISK, SYSTEM_CPUS, SYSTEM_MEMORY)]
-    wanted += [(strategy_actor_name(b.id), b.num_cpus, b.memory_bytes) for b in bots]
+    wanted = [(EXECUTION, SYSTEM_CPUS, SYSTEM_MEMORY, 0.0), (RISK, SYSTEM_CPUS, SYSTEM_MEMORY, 0.0)]
+    wanted += [(strategy_actor_name(b.id), b.num_cpus, b.memory_bytes, b.num_gpus) for b in bots]
     alive = []
-    for name, cpus, memory in wanted:
+    for name, cpus, memory, gpus in wanted:
         try:
             ray.get_actor(name, namespace=namespace)
         except ValueError:
             continue
-        alive.append((name, cpus, memory))
-    names = tuple(sorted(n for n, _, _ in alive))
+        alive.append((name, cpus, memory, gpus))
+    names = tuple(sorted(a[0] for a in alive))
     return Usage(sum(1 for n in names if n.startswith("strategy-")),
-                 sum(c for _, c, _ in alive), sum(m for _, _, m in alive), names)
+                 sum(a[1] for a in alive), sum(a[2] for a in alive), names,
+                 sum(a[3] for a in alive))
 
 
 def admit(plan: Plan, usage: Usage, bot: Bot) -> None:
-    """Raise `ResourceQuotaExceeded` unless the bot (and any system actors) fit the plan."""
+    """Raise `ResourceQuotaExceeded` unless the bot (and any system actors) fit the plan.
+
+    Checked: bots, CPUs, memory and GPUs (a plan's NULL limit means unlimited).
+    """
     new_cpus, new_memory = bot.num_cpus, bot.memory_bytes
     if EXECUTION not in usage.actors:
         new_cpus += 2 * SYSTEM_CPUS
@@ -122,6 +128,8 @@ def admit(plan: Plan, usage: Usage, bot: Bot) -> None:
          round(usage.cpus + new_cpus, 3), " CPUs"),
         ("memory", plan.memory_bytes, usage.memory_bytes, usage.memory_bytes + new_memory,
          " bytes"),
+        ("gpu", None if plan.gpu is None else float(plan.gpu), usage.gpus,
+         usage.gpus + bot.num_gpus, " GPUs"),
     )
     for name, limit, current, wanted, unit in checks:
         if limit is not None and wanted > limit:
@@ -148,7 +156,7 @@ async def start_bot(settings: Settings, db: Database, tenant_id: uuid.UUID, slug
         strategy = StrategyActor.options(  # type: ignore[attr-defined]
             name=strategy_actor_name(bot.id), namespace=tenant_namespace(slug),
             lifetime="detached", get_if_exists=True, max_restarts=3, max_task_retries=-1,
-            num_cpus=bot.num_cpus, memory=bot.memory_bytes,
+            num_cpus=bot.num_cpus, memory=bot.memory_bytes, num_gpus=bot.num_gpus,
         ).remote(settings, str(tenant_id), slug, _bot_payload(bot))
         await asyncio.gather(execution.open_orders.remote(), risk.state.remote(),
                              strategy.status.remote())

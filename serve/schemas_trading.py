@@ -29,6 +29,7 @@ Symbols = Annotated[Any, WithJsonSchema({"type": "array", "items": {"type": "str
 class BotResources(Request):
     num_cpus: Number = Field(default=DEFAULT_NUM_CPUS, description="CPUs reserved, in (0, 16]")
     memory_mb: Number = Field(default=DEFAULT_MEMORY_MB, description="memory reserved, 64-65536 MiB")
+    num_gpus: Number = Field(default=0, description="GPUs reserved, 0-8 (the plan must allow them)")
 
 
 class BotCreate(Request):
@@ -55,6 +56,7 @@ class BotPatch(Request):
 class BotResourcesOut(BaseModel):
     num_cpus: float
     memory_mb: int
+    num_gpus: float = 0
 
 
 class BotOut(BaseModel):
@@ -76,7 +78,8 @@ class BotOut(BaseModel):
     def of(cls, bot: Bot) -> BotOut:
         return cls(id=bot.id, name=bot.name, strategy=bot.strategy, symbols=list(bot.symbols),
                    params=dict(bot.params), capital=bot.capital,
-                   resources=BotResourcesOut(num_cpus=bot.num_cpus, memory_mb=bot.memory_mb),
+                   resources=BotResourcesOut(num_cpus=bot.num_cpus, memory_mb=bot.memory_mb,
+                                             num_gpus=bot.num_gpus),
                    account=bot.account, status=bot.status,
                    last_error=bot.last_error, created_at=bot.created_at,
                    updated_at=bot.updated_at, version=bot.version)

@@ -22,6 +22,7 @@ class Plan:
     memory_bytes: int | None
     rate_per_second: Decimal | None
     burst: int | None
+    gpu: Decimal | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Plan:

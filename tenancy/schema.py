@@ -39,6 +39,7 @@ plans = Table(
     Column("memory_bytes", BigInteger),
     Column("rate_per_second", Numeric),
     Column("burst", Integer),
+    Column("gpu", Numeric),                    # NULL: unlimited
 )
 
 tenants = Table(

@@ -158,3 +158,18 @@ async def test_tenants_only_see_their_own_stream(http: httpx.AsyncClient, gatewa
         await redis_client.publish(events_channel(a.tenant.id), json.dumps({"type": "secret"}))
         await redis_client.publish(events_channel(b.tenant.id), json.dumps({"type": "mine"}))
         assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {"type": "mine"}
+
+
+async def test_gpus_are_part_of_the_quota(http: httpx.AsyncClient, feed: Any,
+                                          make_tenant: TenantFactory) -> None:
+    created = await make_tenant()  # professional: no GPUs
+    key = created.api_key
+    bot = (await http.post("/v1/bots", json={**BOT, "resources": {"num_gpus": 1}},
+                           headers=bearer(key))).json()
+    assert bot["resources"]["num_gpus"] == 1
+    refused = await http.post(f"/v1/bots/{bot['id']}/start", headers=bearer(key))
+    assert refused.status_code == 403
+    assert refused.json()["error"]["field"] == "gpu"
+    bad = await http.post("/v1/bots", json={**BOT, "name": "x", "resources": {"num_gpus": 9}},
+                          headers=bearer(key))
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "resources.num_gpus"

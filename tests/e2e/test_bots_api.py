@@ -49,7 +49,7 @@ async def test_create_list_get_patch_delete(http: httpx.AsyncClient, db: Databas
     assert bot["symbols"] == ["BTC-USD"] and bot["status"] == "stopped"
     assert bot["capital"] == "10000.50"  # Decimals are strings
     assert bot["params"] == {"fast": 5, "slow": 20, "quantity": "1", "allow_short": False}
-    assert bot["resources"] == {"num_cpus": 0.5, "memory_mb": 512}
+    assert bot["resources"] == {"num_cpus": 0.5, "memory_mb": 512, "num_gpus": 0.0}
     assert bot["account"] == f"bot:{bot['id']}" and bot["version"] == 1
     assert bot["last_error"] is None
 
@@ -66,7 +66,7 @@ async def test_create_list_get_patch_delete(http: httpx.AsyncClient, db: Databas
                                           "symbols": ["ETH-USD", "SOL-USD"], "capital": 500},
                         headers=trader)
     assert r.status_code == 201, r.text
-    assert r.json()["resources"] == {"num_cpus": 0.25, "memory_mb": 256}
+    assert r.json()["resources"] == {"num_cpus": 0.25, "memory_mb": 256, "num_gpus": 0.0}
 
     listed = (await http.get("/v1/bots", headers=viewer)).json()
     assert [b["name"] for b in listed] == ["alpha", "beta"]
@@ -80,7 +80,7 @@ async def test_create_list_get_patch_delete(http: httpx.AsyncClient, db: Databas
     patched = r.json()
     assert patched["name"] == "alpha-2" and patched["version"] == 2
     assert patched["params"]["fast"] == 7 and patched["params"]["slow"] == 20  # merged
-    assert patched["resources"] == {"num_cpus": 1.0, "memory_mb": 512}
+    assert patched["resources"] == {"num_cpus": 1.0, "memory_mb": 512, "num_gpus": 0.0}
     assert patched["capital"] == "12000.50"
     async with db.tenant(created.tenant.id, created.tenant.slug) as uow:
         cash = (await uow.conn.execute(text("SELECT cash FROM accounts WHERE account = :a"),
