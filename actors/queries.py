@@ -29,6 +29,19 @@ def _where(conditions: list[str]) -> str:
     return f" WHERE {' AND '.join(conditions)}" if conditions else ""
 
 
+def _filters(limit: int, *tests: tuple[str, str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """SQL conditions and bound parameters for the (column, operator, value) tests given a
+    value; columns and operators are this module's constants, never input."""
+    conditions: list[str] = []
+    params: dict[str, Any] = {"limit": limit}
+    for column, op, value in tests:
+        if value is not None:
+            key = f"p{len(params)}"
+            conditions.append(f"{column} {op} :{key}")
+            params[key] = value
+    return conditions, params
+
+
 async def list_orders(conn: AsyncConnection, *, bot_id: uuid.UUID | None = None,
                       symbol: str | None = None, status: str | None = None,
                       since: datetime | None = None, until: datetime | None = None,
@@ -37,15 +50,9 @@ async def list_orders(conn: AsyncConnection, *, bot_id: uuid.UUID | None = None,
 
     `since` is inclusive and `until` exclusive.
     """
-    conditions: list[str] = []
-    params: dict[str, Any] = {"limit": limit}
-    for column, op, value in (("bot_id", "=", bot_id), ("symbol", "=", symbol),
-                              ("status", "=", status), ("created_at", ">=", since),
-                              ("created_at", "<", until)):
-        if value is not None:
-            key = f"p{len(params)}"
-            conditions.append(f"{column} {op} :{key}")
-            params[key] = value
+    conditions, params = _filters(limit, ("bot_id", "=", bot_id), ("symbol", "=", symbol),
+                                  ("status", "=", status), ("created_at", ">=", since),
+                                  ("created_at", "<", until))
     rows = await conn.execute(text(
         f"SELECT {_ORDER_COLUMNS} FROM orders{_where(conditions)}"
         " ORDER BY created_at DESC, client_order_id DESC LIMIT :limit"), params)
@@ -69,15 +76,9 @@ async def list_fills(conn: AsyncConnection, *, bot_id: uuid.UUID | None = None,
                      symbol: str | None = None, since: datetime | None = None,
                      until: datetime | None = None, limit: int = 100) -> list[dict[str, Any]]:
     """Return fills, newest first; a bot's fills are those of its paper account ``bot:<id>``."""
-    conditions: list[str] = []
-    params: dict[str, Any] = {"limit": limit}
-    for column, op, value in (("f.account", "=", None if bot_id is None else bot_account(bot_id)),
-                              ("f.symbol", "=", symbol), ("f.at", ">=", since),
-                              ("f.at", "<", until)):
-        if value is not None:
-            key = f"p{len(params)}"
-            conditions.append(f"{column} {op} :{key}")
-            params[key] = value
+    account = None if bot_id is None else bot_account(bot_id)
+    conditions, params = _filters(limit, ("f.account", "=", account), ("f.symbol", "=", symbol),
+                                  ("f.at", ">=", since), ("f.at", "<", until))
     rows = await conn.execute(text(
         "SELECT f.fill_id, f.order_id, o.client_order_id, f.account, f.symbol, f.side,"
         " f.quantity, f.price, f.fee, f.at FROM fills f JOIN orders o ON o.id = f.order_id"

@@ -60,7 +60,6 @@ class RiskGate:
         self._positions: dict[str, dict[str, Decimal]] = defaultdict(dict)
         self._cash: dict[str, Decimal] = {}
         self._last: dict[str, Decimal] = {}
-        self._version = 0
 
     @property
     def state(self) -> TradingState:
@@ -85,7 +84,7 @@ class RiskGate:
         """Read limits, state and counters again (after `PUT /v1/risk`)."""
         async with self._db.tenant(self._tenant_id, self._slug) as uow:
             row = (await uow.conn.execute(text(
-                "SELECT limits, state, engine, version FROM risk_settings WHERE id = 1"))).one()
+                "SELECT limits, state, engine FROM risk_settings WHERE id = 1"))).one()
         limits = RiskLimits.from_dict(row.limits or {})
         if row.engine:
             self._engine = RiskEngine.restore(limits, row.engine)
@@ -93,7 +92,6 @@ class RiskGate:
             self._engine = RiskEngine(limits, TradingState(row.state))
         if self._engine.state.value != row.state:
             self._engine.set_state(TradingState(row.state), datetime.now(UTC))
-        self._version = row.version
 
     async def _save(self) -> None:
         async with self._db.tenant(self._tenant_id, self._slug) as uow:

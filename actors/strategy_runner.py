@@ -25,7 +25,6 @@ from trading.strategy import Strategy, get_strategy
 log = logging.getLogger(__name__)
 
 SendOrder = Callable[[Order, Decimal | None], Awaitable[dict[str, Any]]]
-HISTORY = 500
 
 
 class BotContext:

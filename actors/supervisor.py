@@ -28,20 +28,20 @@ from actors.bots import Bot, BotStore
 from actors.tenant_runtime import (
     EXECUTION,
     RISK,
+    SYSTEM_CPUS,
+    SYSTEM_MEMORY,
     StrategyActor,
     execution_actor,
     risk_actor,
     tenant_namespace,
 )
-from tenancy.db import Database
+from tenancy.db import Database, short_lived
 from tenancy.models import Plan
 from tenancy.settings import Settings
 from trading.errors import Conflict, Forbidden
 
 log = logging.getLogger(__name__)
 
-SYSTEM_CPUS = 0.05  # the risk and execution actors, each
-SYSTEM_MEMORY = 200 * 1024**2
 
 
 class ResourceQuotaExceeded(Forbidden):
@@ -76,18 +76,18 @@ def _list_alive(namespace: str) -> list[Any]:
                             detail=True, limit=10_000))
 
 
-async def tenant_usage(slug: str, known_bots: list[Bot] | None = None) -> Usage:
+async def tenant_usage(slug: str, store: BotStore | None = None) -> Usage:
     """Alive actors of the tenant and their reserved resources (Ray's state API).
 
     Without a dashboard (no state API) it falls back to looking up the actors the
     platform names (risk, execution, the strategy of each bot in `known_bots`) one by one,
-    with the resources the platform gave them.
+    with the resources the platform gave them (the bots are read from `store` then only).
     """
     try:
         actors = await asyncio.to_thread(_list_alive, tenant_namespace(slug))
     except Exception as exc:  # no dashboard, or it is unreachable
         log.warning("state API unavailable (%s); counting named actors", type(exc).__name__)
-        return _usage_by_name(slug, known_bots or [])
+        return _usage_by_name(slug, await store.list() if store is not None else [])
     names = tuple(sorted(a.name for a in actors if a.name))
     cpus = sum(float((a.required_resources or {}).get("CPU", 0)) for a in actors)
     memory = sum(int((a.required_resources or {}).get("memory", 0)) for a in actors)
@@ -146,13 +146,11 @@ async def start_bot(settings: Settings, db: Database, tenant_id: uuid.UUID, slug
     if bot.status in ("running", "starting"):
         raise Conflict(f"bot {bot.name!r} is already {bot.status}", code="bot_running",
                        field="status")
-    admit(plan, await tenant_usage(slug, await store.list()), bot)
+    admit(plan, await tenant_usage(slug, store), bot)
     bot = await store.set_status(bot.id, "starting")
     try:
-        execution = execution_actor(settings, tenant_id, slug, num_cpus=SYSTEM_CPUS,
-                                    memory_bytes=SYSTEM_MEMORY)
-        risk = risk_actor(settings, tenant_id, slug, num_cpus=SYSTEM_CPUS,
-                          memory_bytes=SYSTEM_MEMORY)
+        execution = execution_actor(settings, tenant_id, slug)
+        risk = risk_actor(settings, tenant_id, slug)
         strategy = StrategyActor.options(  # type: ignore[attr-defined]
             name=strategy_actor_name(bot.id), namespace=tenant_namespace(slug),
             lifetime="detached", get_if_exists=True, max_restarts=3, max_task_retries=-1,
@@ -202,15 +200,12 @@ async def stop_bot(settings: Settings, db: Database, tenant_id: uuid.UUID, slug:
 async def stop_all_bots(settings: Settings, tenant_id: uuid.UUID, slug: str, *,
                         reason: str) -> int:
     """Stop every running bot of the tenant (the kill switch); return how many."""
-    db = Database.from_url(settings.database_url or "", pool_size=1)
-    try:
+    async with short_lived(settings.database_url, pool_size=1) as db:
         bots = [b for b in await BotStore(db, tenant_id, slug).list()
                 if b.status in ("running", "starting")]
         for bot in bots:
             await _stop_keeping_system(settings, db, tenant_id, slug, bot, reason)
         return len(bots)
-    finally:
-        await db.dispose()
 
 
 async def _stop_keeping_system(settings: Settings, db: Database, tenant_id: uuid.UUID,
@@ -229,14 +224,11 @@ async def _stop_keeping_system(settings: Settings, db: Database, tenant_id: uuid
 async def bot_failed(settings: Settings, tenant_id: uuid.UUID, slug: str, bot_id: uuid.UUID,
                      error: str) -> None:
     """Record a strategy's error and take its bot out of the feed (risk/execution stay)."""
-    db = Database.from_url(settings.database_url or "", pool_size=1)
-    try:
+    async with short_lived(settings.database_url, pool_size=1) as db:
         await BotStore(db, tenant_id, slug).set_status(bot_id, "error", error)
-        feed = _feed(settings)
-        if feed is not None:
-            await feed.unsubscribe.remote(f"{slug}/{strategy_actor_name(bot_id)}")
-    finally:
-        await db.dispose()
+    feed = _feed(settings)
+    if feed is not None:
+        await feed.unsubscribe.remote(f"{slug}/{strategy_actor_name(bot_id)}")
 
 
 async def subscribe_execution(settings: Settings, slug: str, execution: Any,

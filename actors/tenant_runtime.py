@@ -20,12 +20,13 @@ from typing import Any
 import ray
 from redis.asyncio import Redis
 
+from actors.bots import bot_account
 from actors.execution import ExecutionEngine
 from actors.market import read_bars
 from actors.risk_gate import RiskGate
 from actors.store import TradingStore
 from actors.strategy_runner import StrategyRunner
-from tenancy.db import Database
+from tenancy.db import Database, short_lived
 from tenancy.settings import Settings
 from trading.broker import PaperBroker
 from trading.data import DEFAULT_INSTRUMENTS
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 EXECUTION = "execution"
 RISK = "risk"
 HISTORY_BARS = 500  # bars per symbol preloaded into a (re)started strategy
+SYSTEM_CPUS = 0.05  # what the risk and execution actors reserve, each
+SYSTEM_MEMORY = 200 * 1024**2
 FEE_BPS = Decimal(10)
 SLIPPAGE_BPS = Decimal(5)
 
@@ -159,13 +162,12 @@ def strategy_name(account: str) -> str | None:
     return f"strategy-{account[4:]}" if account.startswith("bot:") else None
 
 
-def execution_actor(settings: Settings, tenant_id: uuid.UUID, slug: str, *,
-                    num_cpus: float = 0.05, memory_bytes: int = 200 * 1024**2) -> Any:
+def execution_actor(settings: Settings, tenant_id: uuid.UUID, slug: str) -> Any:
     """Get or create the tenant's execution actor."""
     return ExecutionActor.options(  # type: ignore[attr-defined]
         name=EXECUTION, namespace=tenant_namespace(slug), lifetime="detached",
-        get_if_exists=True, max_restarts=-1, max_task_retries=-1, num_cpus=num_cpus,
-        memory=memory_bytes, max_concurrency=100,
+        get_if_exists=True, max_restarts=-1, max_task_retries=-1, num_cpus=SYSTEM_CPUS,
+        memory=SYSTEM_MEMORY, max_concurrency=100,
     ).remote(settings, str(tenant_id), slug)
 
 
@@ -254,12 +256,11 @@ class RiskActor:
         return os.getpid()
 
 
-def risk_actor(settings: Settings, tenant_id: uuid.UUID, slug: str, *,
-               num_cpus: float = 0.05, memory_bytes: int = 200 * 1024**2) -> Any:
+def risk_actor(settings: Settings, tenant_id: uuid.UUID, slug: str) -> Any:
     """Get or create the tenant's risk actor."""
     return RiskActor.options(  # type: ignore[attr-defined]
         name=RISK, namespace=tenant_namespace(slug), lifetime="detached", get_if_exists=True,
-        max_restarts=-1, max_task_retries=-1, num_cpus=num_cpus, memory=memory_bytes,
+        max_restarts=-1, max_task_retries=-1, num_cpus=SYSTEM_CPUS, memory=SYSTEM_MEMORY,
         max_concurrency=100,
     ).remote(settings, str(tenant_id), slug)
 
@@ -285,10 +286,9 @@ class StrategyActor:
             if self._runner is None:
                 self._settings.import_strategy_modules()
                 bot_id = uuid.UUID(self._bot["id"])
-                account = f"bot:{bot_id}"
-                db = Database.from_url(self._settings.database_url or "", pool_size=1)
+                account = bot_account(bot_id)
                 history: list[Bar] = []
-                try:
+                async with short_lived(self._settings.database_url, pool_size=1) as db:
                     portfolio = await TradingStore(db, self._tenant_id, self._slug
                                                    ).portfolio(account)
                     # Rebuild the strategy's recent history from the shared bars table (bars
@@ -299,8 +299,6 @@ class StrategyActor:
                                 history += await read_bars(uow.conn, symbol,
                                                            end=datetime.now(UTC),
                                                            limit=HISTORY_BARS)
-                finally:
-                    await db.dispose()
                 risk = risk_actor(self._settings, self._tenant_id, self._slug)
 
                 async def send(order: Order, last: Decimal | None) -> dict[str, Any]:

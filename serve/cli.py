@@ -22,7 +22,7 @@ from rich.table import Table
 
 from serve.runtime import Runtime, ShutdownSignal
 from tenancy import api_keys, audit, keys, tenants
-from tenancy.db import Database
+from tenancy.db import Database, short_lived
 from tenancy.migrate import SchemaReport
 from tenancy.roles import Role
 from tenancy.settings import Settings, SettingsError, load_settings
@@ -80,11 +80,8 @@ def _run(work: Callable[[Database, Settings], Awaitable[T]],
     """Run one async command against the database."""
     with _database() as (_, settings):
         async def go() -> T:
-            db = Database.from_url(settings.database_url or "", pool_size=2)
-            try:
+            async with short_lived(settings.database_url) as db:
                 return await work(db, settings)
-            finally:
-                await db.dispose()
         try:
             return asyncio.run(go())
         except AtpError as exc:
@@ -154,8 +151,7 @@ def up(host: str = typer.Option(None, help="HTTP host (default 127.0.0.1)"),
 async def _demo_bots(settings: Settings, key: str, url: str, seconds: int) -> None:
     from serve.demo import demo_pnl, start_demo_bots
 
-    db = Database.from_url(settings.database_url or "", pool_size=2)
-    try:
+    async with short_lived(settings.database_url) as db:
         bots = await start_demo_bots(settings, db, "demo")
         out.print(f"Started {len(bots)} demo bots on synthetic bars (one per second); "
                   f"their P&L after {seconds} s:")
@@ -164,8 +160,6 @@ async def _demo_bots(settings: Settings, key: str, url: str, seconds: int) -> No
             out.print("  " + line)
         out.print(f"  curl -s -H 'Authorization: Bearer {key}' {url}/v1/positions\n",
                   soft_wrap=True)
-    finally:
-        await db.dispose()
 
 
 @app.command()
@@ -186,11 +180,8 @@ def demo(port: int = typer.Option(None, help="HTTP port (default 8000)", min=1, 
         settings = runtime.settings
 
         async def work() -> Any:
-            db = Database.from_url(settings.database_url or "", pool_size=2)
-            try:
+            async with short_lived(settings.database_url) as db:
                 return await ensure_demo_tenant(db, settings.master_key_bytes)
-            finally:
-                await db.dispose()
 
         demo_tenant = asyncio.run(work())
         state["tenant"] = demo_tenant

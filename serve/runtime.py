@@ -15,7 +15,7 @@ from collections.abc import Callable
 from types import FrameType
 
 from serve.embedded import EmbeddedPostgres, EmbeddedRedis
-from tenancy.db import Database
+from tenancy.db import short_lived
 from tenancy.migrate import SchemaReport, migrate_all
 from tenancy.settings import Settings, SettingsError
 
@@ -53,11 +53,8 @@ class Runtime:
         assert self.settings.database_url is not None
 
         async def run() -> list[SchemaReport]:
-            db = Database.from_url(self.settings.database_url or "", pool_size=2)
-            try:
+            async with short_lived(self.settings.database_url) as db:
                 return await migrate_all(db, on_report)
-            finally:
-                await db.dispose()
 
         return asyncio.run(run())
 
@@ -95,11 +92,8 @@ class Runtime:
         from actors.supervisor import reconcile
 
         async def run() -> list[str]:
-            db = Database.from_url(self.settings.database_url or "", pool_size=2)
-            try:
+            async with short_lived(self.settings.database_url) as db:
                 return await reconcile(self.settings, db)
-            finally:
-                await db.dispose()
 
         return asyncio.run(run())
 

@@ -112,6 +112,18 @@ class Database:
             await conn.rollback()
 
 
+@asynccontextmanager
+async def short_lived(url: str | None, *, pool_size: int = 2) -> AsyncIterator[Database]:
+    """A database for one command or start-up step, disposed when the block ends."""
+    if not url:
+        raise Unavailable("no database URL resolved", code="database_unavailable")
+    db = Database.from_url(url, pool_size=pool_size)
+    try:
+        yield db
+    finally:
+        await db.dispose()
+
+
 class TenantScoped:
     """Base of repositories that work in one tenant's units of work."""
 

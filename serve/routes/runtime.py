@@ -14,6 +14,7 @@ from pydantic import Field
 
 from actors import supervisor
 from actors.calls import call
+from actors.execution import order_view
 from actors.store import TradingStore
 from actors.tenant_runtime import execution_actor, risk_actor
 from serve.deps import AdminDep, ServicesDep, TraderDep, tenant_of
@@ -83,12 +84,9 @@ async def place_order(body: OrderCreate, principal: TraderDep, services: Service
     instrument.check_order(order.quantity, order.limit_price or order.stop_price)
     await TradingStore(services.db, tenant.id, tenant.slug).open_account(MANUAL_ACCOUNT,
                                                                          MANUAL_CASH)
-    execution = execution_actor(services.settings, tenant.id, tenant.slug,
-                                num_cpus=supervisor.SYSTEM_CPUS,
-                                memory_bytes=supervisor.SYSTEM_MEMORY)
+    execution = execution_actor(services.settings, tenant.id, tenant.slug)
     await supervisor.subscribe_execution(services.settings, tenant.slug, execution, [order.symbol])
-    risk = risk_actor(services.settings, tenant.id, tenant.slug, num_cpus=supervisor.SYSTEM_CPUS,
-                      memory_bytes=supervisor.SYSTEM_MEMORY)
+    risk = risk_actor(services.settings, tenant.id, tenant.slug)
     reply: dict[str, Any] = await call(risk.submit.remote(order, MANUAL_ACCOUNT, "manual", None))
     if not reply.pop("created"):
         response.status_code = 200
@@ -106,12 +104,8 @@ async def cancel_order(client_order_id: str, principal: TraderDep, services: Ser
     tenant = tenant_of(principal)
     stored = await TradingStore(services.db, tenant.id, tenant.slug).get(client_order_id)
     if not stored.order.is_open:
-        from actors.execution import order_view
-
         return order_view(stored.order, stored.account)
-    execution = execution_actor(services.settings, tenant.id, tenant.slug,
-                                num_cpus=supervisor.SYSTEM_CPUS,
-                                memory_bytes=supervisor.SYSTEM_MEMORY)
+    execution = execution_actor(services.settings, tenant.id, tenant.slug)
     result: dict[str, Any] = await call(execution.cancel.remote(client_order_id))
     return result
 
@@ -121,7 +115,6 @@ async def kill_switch(body: KillSwitch, principal: AdminDep, services: ServicesD
                       ) -> dict[str, Any]:
     """Halt trading, cancel every open order and stop every bot of the tenant."""
     tenant = tenant_of(principal)
-    risk = risk_actor(services.settings, tenant.id, tenant.slug, num_cpus=supervisor.SYSTEM_CPUS,
-                      memory_bytes=supervisor.SYSTEM_MEMORY)
+    risk = risk_actor(services.settings, tenant.id, tenant.slug)
     result: dict[str, Any] = await call(risk.kill_switch.remote(f"{principal.actor}: {body.reason}"))
     return result
