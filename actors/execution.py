@@ -200,7 +200,7 @@ class ExecutionEngine:
                          "quantity": str(result.position.quantity),
                          "average_cost": str(result.position.average_cost),
                          "realized_pnl": str(result.position.realized_pnl)},
-            "cash": str(result.cash)})
+            "cash": str(result.cash), "order_open": order.is_open})
         await self._publish({"type": "order", "order": order_view(order, account)})
         return 1
 

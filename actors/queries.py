@@ -17,6 +17,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from actors.bots import bot_account
+from tenancy import audit
+from tenancy.identifiers import quote_ident, tenant_schema
 from trading.errors import Conflict, Internal, Invalid, NotFound
 from trading.risk import RiskLimits, TradingState
 
@@ -56,6 +58,15 @@ async def list_orders(conn: AsyncConnection, *, bot_id: uuid.UUID | None = None,
     rows = await conn.execute(text(
         f"SELECT {_ORDER_COLUMNS} FROM orders{_where(conditions)}"
         " ORDER BY created_at DESC, client_order_id DESC LIMIT :limit"), params)
+    return [dict(r._mapping) for r in rows]
+
+
+async def open_bot_orders(conn: AsyncConnection, bot_id: uuid.UUID) -> list[dict[str, Any]]:
+    """A bot's open orders (new, accepted or partially filled), oldest first."""
+    rows = await conn.execute(text(
+        f"SELECT {_ORDER_COLUMNS} FROM orders WHERE bot_id = :b"
+        " AND status IN ('new', 'accepted', 'partially_filled')"
+        " ORDER BY created_at, client_order_id"), {"b": bot_id})
     return [dict(r._mapping) for r in rows]
 
 
@@ -162,3 +173,29 @@ async def put_risk_limits(conn: AsyncConnection, limits: RiskLimits,
         " version = version + 1 WHERE id = 1 RETURNING limits, state, updated_at, version"),
         {"l": json.dumps(limits.to_dict())})).one()
     return _risk_settings(updated)
+
+
+async def save_trading_state(conn: AsyncConnection, tenant_id: uuid.UUID, slug: str,
+                             state: TradingState, *, actor: str, reason: str,
+                             engine: dict[str, Any] | None = None,
+                             action: str = "risk.state") -> RiskSettings:
+    """Set the trading state by hand and audit who did it and why, in one transaction.
+
+    Runs on a platform unit of work (the audit trail is outside the tenant schema), so
+    the tenant's table is named with its validated, quoted schema. `engine` is the
+    running gate's counters; without it the stored ones stay, and the gate re-arms its
+    triggers when it next loads a state that differs from theirs. The caller commits.
+    """
+    table = f"{quote_ident(tenant_schema(slug))}.risk_settings"
+    old = (await conn.execute(text(
+        f"SELECT state FROM {table} WHERE id = 1 FOR UPDATE"))).first()
+    if old is None:
+        raise Internal("the tenant has no risk settings row", code="corrupt_risk_settings")
+    row = (await conn.execute(text(
+        f"UPDATE {table} SET state = :s, engine = COALESCE(CAST(:e AS jsonb), engine),"
+        " updated_at = now(), version = version + 1 WHERE id = 1"
+        " RETURNING limits, state, updated_at, version"),
+        {"s": state.value, "e": None if engine is None else json.dumps(engine)})).one()
+    await audit.record(conn, tenant_id, actor=actor, action=action, target=state.value,
+                       detail={"from": old.state, "to": state.value, "reason": reason})
+    return _risk_settings(row)

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import text
 
+from actors.queries import RiskSettings, save_trading_state
 from tenancy.db import Database
 from trading.orders import Order
 from trading.risk import RiskEngine, RiskEvent, RiskLimits, TradingState
@@ -158,13 +159,17 @@ class RiskGate:
             await self._save()
         return events
 
-    async def kill_switch(self, reason: str) -> dict[str, Any]:
-        """Halt trading, cancel every open order and stop the tenant's bots."""
+    async def kill_switch(self, reason: str, actor: str = "risk") -> dict[str, Any]:
+        """Halt trading, cancel every open order and stop the tenant's bots (audited)."""
         event = self._engine.set_state(TradingState.HALTED, datetime.now(UTC))
         await self._publish({"type": "risk", **event.to_dict(), "kind": "kill_switch",
-                             "message": reason})
+                             "message": reason, "by": actor})
         canceled = await self._kill(reason)
-        await self._save()
+        async with self._db.platform() as uow:
+            await save_trading_state(uow.conn, self._tenant_id, self._slug, self._engine.state,
+                                     actor=actor, reason=reason, engine=self._engine.snapshot(),
+                                     action="risk.kill_switch")
+            await uow.commit()
         return {"state": self._engine.state.value, "canceled": canceled}
 
     async def _kill(self, reason: str) -> int:
@@ -173,8 +178,14 @@ class RiskGate:
             await self._stop_bots(reason)
         return canceled
 
-    async def set_state(self, state: TradingState) -> dict[str, Any]:
+    async def set_state(self, state: TradingState, *, actor: str, reason: str
+                        ) -> RiskSettings:
+        """Set the trading state by hand (audited); leaving HALTED re-arms the triggers."""
         event = self._engine.set_state(state, datetime.now(UTC))
-        await self._save()
-        await self._publish({"type": "risk", **event.to_dict()})
-        return {"state": self._engine.state.value}
+        async with self._db.platform() as uow:
+            settings = await save_trading_state(
+                uow.conn, self._tenant_id, self._slug, state, actor=actor, reason=reason,
+                engine=self._engine.snapshot())
+            await uow.commit()
+        await self._publish({"type": "risk", **event.to_dict(), "by": actor, "reason": reason})
+        return settings

@@ -25,6 +25,8 @@ from trading.strategy import Strategy, get_strategy
 log = logging.getLogger(__name__)
 
 SendOrder = Callable[[Order, Decimal | None], Awaitable[dict[str, Any]]]
+CancelOrder = Callable[[str], Awaitable[dict[str, Any]]]
+OPEN_STATUSES = ("new", "accepted", "partially_filled")
 
 
 class BotContext:
@@ -39,6 +41,7 @@ class BotContext:
         self._history = max(history, 2)
         self._open: dict[str, str] = {}  # client order id → symbol
         self._pending: list[Order] = []
+        self._cancels: list[str] = []
         self._now = datetime.now(UTC)
         self._seq = 0
         self.logs: deque[str] = deque(maxlen=100)
@@ -68,7 +71,20 @@ class BotContext:
         return self._place("sell", symbol, quantity, type, limit_price, stop_price, time_in_force)
 
     def cancel(self, client_order_id: str) -> None:
-        self.log(f"cancel requested for {client_order_id} (not supported for bots yet)")
+        """Ask for one of this bot's open orders to be canceled after the hook returns.
+
+        An order placed earlier in the same hook is simply not sent; an id this bot does
+        not hold open (another bot's, a finished one) is logged and ignored.
+        """
+        if client_order_id not in self._open:
+            self.log(f"cancel ignored: {client_order_id} is not an open order of this bot")
+            return
+        unsent = [o for o in self._pending if o.client_order_id == client_order_id]
+        if unsent:
+            self._pending.remove(unsent[0])
+            self._open.pop(client_order_id, None)
+        elif client_order_id not in self._cancels:
+            self._cancels.append(client_order_id)
 
     def position(self, symbol: str) -> Decimal:
         return self._positions.get(symbol, Decimal(0))
@@ -112,6 +128,14 @@ class BotContext:
         pending, self._pending = self._pending, []
         return pending
 
+    def take_cancels(self) -> list[str]:
+        cancels, self._cancels = self._cancels, []
+        return cancels
+
+    def restore_open(self, orders: dict[str, str]) -> None:
+        """The bot's open orders (client order id → symbol) read from the store at a restart."""
+        self._open.update(orders)
+
     def order_done(self, client_order_id: str) -> None:
         self._open.pop(client_order_id, None)
 
@@ -125,10 +149,11 @@ class StrategyRunner:
 
     def __init__(self, bot_id: uuid.UUID, strategy: str, symbols: Sequence[str],
                  params: dict[str, Any], *, cash: Decimal, positions: dict[str, Decimal],
-                 send: SendOrder) -> None:
+                 send: SendOrder, cancel: CancelOrder | None = None) -> None:
         self.strategy: Strategy = get_strategy(strategy)(symbols, **params)
         self.ctx = BotContext(bot_id, cash, positions, self.strategy.warmup + 1)
         self._send = send
+        self._cancel = cancel
         self.error: str | None = None
         self.started = False
         self.bars_seen = 0
@@ -148,18 +173,34 @@ class StrategyRunner:
             self.ctx.begin_bar(bar)
             self.bars_seen += 1
             self._guard(lambda bar=bar: self.strategy.on_bar(self.ctx, bar))  # type: ignore[misc]
-            for order in self.ctx.take_pending():
-                reply = await self._send(order, bar.close)
-                sent += 1
-                if reply.get("status") not in ("accepted", "partially_filled", "new"):
-                    self.ctx.order_done(order.client_order_id)
+            sent += await self._dispatch(bar.close)
         return sent
 
-    def on_fill(self, fill: Fill, position: Decimal, cash: Decimal, order_open: bool) -> None:
+    async def _dispatch(self, last: Decimal | None) -> int:
+        """Send what the last hook asked for: cancels first, then new orders."""
+        for cid in self.ctx.take_cancels():
+            if self._cancel is None:
+                self.ctx.log(f"cancel of {cid} not sent: this runner cannot cancel")
+                continue
+            reply = await self._cancel(cid)
+            if reply.get("status") not in OPEN_STATUSES:
+                self.ctx.order_done(cid)
+        sent = 0
+        for order in self.ctx.take_pending():
+            reply = await self._send(order, last)
+            sent += 1
+            if reply.get("status") not in OPEN_STATUSES:
+                self.ctx.order_done(order.client_order_id)
+        return sent
+
+    async def on_fill(self, fill: Fill, position: Decimal, cash: Decimal,
+                      order_open: bool) -> int:
+        """Apply a stored fill, run the strategy's `on_fill`, send what it asked for."""
         self.ctx.apply_fill(fill, position, cash)
         if not order_open:
             self.ctx.order_done(fill.client_order_id)
         self._guard(lambda: self.strategy.on_fill(self.ctx, fill))
+        return await self._dispatch(self.ctx.last_price(fill.symbol))
 
     def stop(self) -> None:
         if self.error is None:

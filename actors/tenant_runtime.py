@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from actors.bots import bot_account
 from actors.execution import ExecutionEngine
 from actors.market import read_bars
+from actors.queries import RiskSettings, open_bot_orders
 from actors.risk_gate import RiskGate
 from actors.store import TradingStore
 from actors.strategy_runner import StrategyRunner
@@ -33,6 +34,7 @@ from trading.data import DEFAULT_INSTRUMENTS
 from trading.errors import NotFound
 from trading.instruments import Bar
 from trading.orders import Fill, Order, Side
+from trading.risk import TradingState
 
 log = logging.getLogger(__name__)
 
@@ -241,8 +243,12 @@ class RiskActor:
         await (await self._ready()).on_fill(account, symbol, Decimal(quantity), Decimal(cash),
                                             Decimal(price))
 
-    async def kill_switch(self, reason: str) -> dict[str, Any]:
-        return await (await self._ready()).kill_switch(reason)
+    async def kill_switch(self, reason: str, actor: str = "risk") -> dict[str, Any]:
+        return await (await self._ready()).kill_switch(reason, actor)
+
+    async def set_state(self, state: str, actor: str, reason: str) -> RiskSettings:
+        gate = await self._ready()
+        return await gate.set_state(TradingState(state), actor=actor, reason=reason)
 
     async def reload(self) -> str:
         gate = await self._ready()
@@ -299,18 +305,28 @@ class StrategyActor:
                                 history += await read_bars(uow.conn, symbol,
                                                            end=datetime.now(UTC),
                                                            limit=HISTORY_BARS)
+                    async with db.tenant(self._tenant_id, self._slug) as uow:
+                        open_orders = {o["client_order_id"]: o["symbol"]
+                                       for o in await open_bot_orders(uow.conn, bot_id)}
                 risk = risk_actor(self._settings, self._tenant_id, self._slug)
+                execution = execution_actor(self._settings, self._tenant_id, self._slug)
 
                 async def send(order: Order, last: Decimal | None) -> dict[str, Any]:
                     reply: dict[str, Any] = await risk.submit.remote(
                         order, account, "bot", str(bot_id), last)
                     return reply
 
+                async def cancel(client_order_id: str) -> dict[str, Any]:
+                    reply: dict[str, Any] = await execution.cancel.remote(client_order_id)
+                    return reply
+
                 runner = StrategyRunner(
                     bot_id, self._bot["strategy"], self._bot["symbols"], self._bot["params"],
                     cash=portfolio.cash,
-                    positions={p.symbol: p.quantity for p in portfolio.positions()}, send=send)
+                    positions={p.symbol: p.quantity for p in portfolio.positions()}, send=send,
+                    cancel=cancel)
                 runner.ctx.preload(sorted(history, key=lambda b: (b.ts, b.symbol)))
+                runner.ctx.restore_open(open_orders)
                 runner.start()
                 self._runner = runner
         assert self._runner is not None
@@ -328,8 +344,8 @@ class StrategyActor:
         fill = Fill(f["fill_id"], f["client_order_id"], f["symbol"], Side(f["side"]),
                     Decimal(f["quantity"]), Decimal(f["price"]), Decimal(f["fee"]),
                     datetime.fromisoformat(f["ts"]))
-        runner.on_fill(fill, Decimal(event["position"]["quantity"]), Decimal(event["cash"]),
-                       order_open=False)
+        await runner.on_fill(fill, Decimal(event["position"]["quantity"]),
+                             Decimal(event["cash"]), order_open=bool(event.get("order_open")))
         await self._report_error(runner)
 
     async def _report_error(self, runner: StrategyRunner) -> None:

@@ -197,3 +197,10 @@ class RiskOut(BaseModel):
 class RiskPut(Request):
     limits: dict[str, Any] = Field(description="the complete limits; absent or null means none")
     version: int | None = Field(default=None, description="expected version (optional)")
+
+
+class RiskStatePut(Request):
+    state: Literal["active", "halted", "reducing"] = Field(
+        description="active: trade; halted: no new orders; reducing: only orders that reduce "
+                    "a position")
+    reason: str = Field(min_length=1, max_length=500, description="why (kept in the audit trail)")

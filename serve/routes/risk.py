@@ -1,14 +1,22 @@
-"""The tenant's risk limits: read (viewer) and replace (admin). The trading state is not set here."""
+"""The tenant's risk limits and trading state: read (viewer), replace or set (admin).
+
+The state is set here by hand, e.g. back to active after the kill switch or a daily-loss
+halt. While the tenant's risk gate runs, the gate makes the change (it owns the state and
+its counters); otherwise the stored row is changed. Either way the change and its audit
+entry are one transaction.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import APIRouter
 
 from actors import queries
 from serve.deps import AdminDep, ServicesDep, ViewerDep, tenant_of
-from serve.schemas_trading import RiskOut, RiskPut
+from serve.schemas_trading import RiskOut, RiskPut, RiskStatePut
 from trading.errors import Invalid
-from trading.risk import RiskLimits
+from trading.risk import RiskLimits, TradingState
 
 router = APIRouter(prefix="/v1", tags=["risk"])
 
@@ -47,15 +55,40 @@ async def put_risk(body: RiskPut, principal: AdminDep, services: ServicesDep) ->
     return _out(settings)
 
 
-async def reload_running_gate(slug: str) -> None:
-    """Make a running risk actor apply the new limits now (none runs: nothing to do)."""
+@router.put("/risk/state", response_model=RiskOut)
+async def put_risk_state(body: RiskStatePut, principal: AdminDep, services: ServicesDep
+                         ) -> RiskOut:
+    """Set the trading state by hand (audited as ``risk.state`` with the reason)."""
+    from actors.calls import call
+
+    tenant = tenant_of(principal)
+    state = TradingState(body.state)
+    gate = running_gate(tenant.slug)
+    if gate is not None:
+        return _out(await call(gate.set_state.remote(state.value, principal.actor, body.reason)))
+    async with services.db.platform() as uow:
+        settings = await queries.save_trading_state(
+            uow.conn, tenant.id, tenant.slug, state, actor=principal.actor, reason=body.reason)
+        await uow.commit()
+    return _out(settings)
+
+
+def running_gate(slug: str) -> Any | None:
+    """The tenant's risk actor if it runs (none is created here)."""
     import ray
 
-    from actors.calls import call
     from actors.tenant_runtime import RISK, tenant_namespace
 
     try:
-        gate = ray.get_actor(RISK, namespace=tenant_namespace(slug))
+        return ray.get_actor(RISK, namespace=tenant_namespace(slug))
     except ValueError:
-        return
-    await call(gate.reload.remote())
+        return None
+
+
+async def reload_running_gate(slug: str) -> None:
+    """Make a running risk actor apply the new limits now (none runs: nothing to do)."""
+    from actors.calls import call
+
+    gate = running_gate(slug)
+    if gate is not None:
+        await call(gate.reload.remote())

@@ -116,5 +116,5 @@ async def kill_switch(body: KillSwitch, principal: AdminDep, services: ServicesD
     """Halt trading, cancel every open order and stop every bot of the tenant."""
     tenant = tenant_of(principal)
     risk = risk_actor(services.settings, tenant.id, tenant.slug)
-    result: dict[str, Any] = await call(risk.kill_switch.remote(f"{principal.actor}: {body.reason}"))
+    result: dict[str, Any] = await call(risk.kill_switch.remote(body.reason, principal.actor))
     return result

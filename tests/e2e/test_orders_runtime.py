@@ -100,6 +100,65 @@ async def test_kill_switch_halts_and_orders_get_409(http: httpx.AsyncClient, fee
     stored = (await http.get("/v1/orders/after-1", headers=key)).json()
     assert stored["status"] == "rejected" and stored["reason"] == "halted"
     assert (await http.get("/v1/risk", headers=key)).json()["state"] == "halted"
+    # Back to active by hand (the running gate makes the change), audited with the reason.
+    resumed = await http.put("/v1/risk/state", json={"state": "active", "reason": "all clear"},
+                             headers=key)
+    assert resumed.status_code == 200 and resumed.json()["state"] == "active", resumed.text
+    again = await http.post("/v1/orders", json={**resting, "client_order_id": "after-2"},
+                            headers=key)
+    assert again.status_code == 201 and again.json()["status"] == "accepted", again.text
+    trail = (await http.get("/v1/audit", headers=key)).json()
+    actions = [(e["action"], e["target"], e["detail"].get("reason")) for e in trail]
+    assert ("risk.kill_switch", "halted", "test") in actions
+    assert ("risk.state", "active", "all clear") in actions
+
+
+async def test_reducing_admits_only_orders_that_shrink_a_position(
+        http: httpx.AsyncClient, feed: Any, make_tenant: TenantFactory) -> None:
+    t = await make_tenant()
+    key = bearer(t.api_key)
+    # No risk gate runs yet: the stored state changes, and a gate started later obeys it.
+    assert (await http.put("/v1/risk/state", json={"state": "reducing", "reason": "wind down"},
+                           headers=key)).json()["state"] == "reducing"
+    buy = {"symbol": "BTC-USD", "side": "buy", "quantity": "0.02"}
+    refused = await http.post("/v1/orders", json={**buy, "client_order_id": "grow-0"},
+                              headers=key)
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "reducing_only"
+    assert (await http.put("/v1/risk/state", json={"state": "active", "reason": "build"},
+                           headers=key)).status_code == 200
+    assert (await http.post("/v1/orders", json={**buy, "client_order_id": "grow-1"},
+                            headers=key)).status_code == 201
+    await feed.publish.remote([_bar(datetime.now(UTC) + timedelta(days=6))])
+
+    async def filled() -> bool:
+        got = (await http.get("/v1/orders/grow-1", headers=key)).json()
+        return bool(got["status"] == "filled")
+
+    await wait_for(filled, timeout=20, interval=0.2)
+    assert (await http.put("/v1/risk/state", json={"state": "reducing", "reason": "wind down"},
+                           headers=key)).json()["state"] == "reducing"
+    more = await http.post("/v1/orders", json={**buy, "client_order_id": "grow-2"}, headers=key)
+    assert more.status_code == 409 and more.json()["error"]["code"] == "reducing_only"
+    flip = await http.post("/v1/orders", json={**buy, "side": "sell", "quantity": "0.05",
+                                               "client_order_id": "flip-1"}, headers=key)
+    assert flip.status_code == 409, flip.text  # would turn long into short
+    cut = await http.post("/v1/orders", json={**buy, "side": "sell", "quantity": "0.01",
+                                              "client_order_id": "cut-1"}, headers=key)
+    assert cut.status_code == 201 and cut.json()["status"] == "accepted", cut.text
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"state": "paused", "reason": "x"}, "state"), ({"state": "active"}, "reason"),
+    ({"state": "active", "reason": ""}, "reason"),
+])
+async def test_bad_state_changes_are_422_and_change_nothing(
+        http: httpx.AsyncClient, make_tenant: TenantFactory, body: dict[str, str],
+        field: str) -> None:
+    t = await make_tenant()
+    r = await http.put("/v1/risk/state", json=body, headers=bearer(t.api_key))
+    assert r.status_code == 422 and r.json()["error"]["field"] == field, r.text
+    risk = (await http.get("/v1/risk", headers=bearer(t.api_key))).json()
+    assert risk["state"] == "active" and risk["version"] == 1
 
 
 async def test_a_failing_strategy_stops_only_its_bot(http: httpx.AsyncClient, feed: Any,

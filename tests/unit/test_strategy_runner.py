@@ -82,3 +82,64 @@ async def test_a_raising_strategy_records_the_error_and_stops() -> None:
     await r.on_bars(bars([10, 20, 30, 40]))
     assert r.error == "ValueError: bad things"
     assert r.bars_seen == 2  # nothing after the failure
+
+
+@register
+class _PlaceThenCancel(Strategy):
+    """Bar 1: a resting limit buy. Bar 2: cancel it, place and at once cancel another,
+    and try to cancel an id it does not own."""
+
+    name = "test_place_then_cancel"
+    description = "places a limit order, then cancels it"
+    params = {}
+
+    def __init__(self, symbols: list[str], **params: object) -> None:
+        super().__init__(symbols, **params)
+        self.n = 0
+        self.first = ""
+
+    def on_bar(self, ctx: StrategyContext, bar: Bar) -> None:
+        self.n += 1
+        if self.n == 1:
+            self.first = ctx.buy(bar.symbol, Decimal("0.1"), type="limit",
+                                 limit_price=Decimal(1))
+        elif self.n == 2:
+            ctx.cancel(self.first)
+            unsent = ctx.buy(bar.symbol, Decimal("0.1"), type="limit", limit_price=Decimal(1))
+            ctx.cancel(unsent)
+            ctx.cancel("someone-elses-order")
+
+
+class CancellingGate(FakeGate):
+    def __init__(self) -> None:
+        super().__init__()
+        self.canceled: list[str] = []
+
+    async def cancel(self, client_order_id: str) -> dict[str, Any]:
+        self.canceled.append(client_order_id)
+        return {"status": "canceled", "client_order_id": client_order_id}
+
+
+async def test_a_bot_cancels_only_its_own_open_orders() -> None:
+    gate = CancellingGate()
+    r = StrategyRunner(uuid.UUID(int=9), "test_place_then_cancel", ["BTC-USD"], {},
+                       cash=Decimal(100), positions={}, send=gate.send, cancel=gate.cancel)
+    r.start()
+    await r.on_bars(bars([10]))
+    [(first, _)] = gate.orders
+    assert r.ctx.open_orders() == [first.client_order_id]
+    await r.on_bars(bars([11], start=1))
+    assert gate.canceled == [first.client_order_id]  # the unsent one never left the runner
+    assert len(gate.orders) == 1 and r.ctx.open_orders() == []
+    assert any("someone-elses-order" in line and "ignored" in line for line in r.ctx.logs)
+
+
+async def test_open_orders_survive_a_restart_and_can_be_canceled() -> None:
+    gate = CancellingGate()
+    r = StrategyRunner(uuid.UUID(int=9), "test_place_then_cancel", ["BTC-USD"], {},
+                       cash=Decimal(100), positions={}, send=gate.send, cancel=gate.cancel)
+    r.start()
+    r.ctx.restore_open({"stored-1": "BTC-USD"})
+    r.strategy.n, r.strategy.first = 1, "stored-1"  # type: ignore[attr-defined]
+    await r.on_bars(bars([11], start=1))
+    assert gate.canceled == ["stored-1"]
