@@ -188,12 +188,12 @@ async def test_failed_writes_are_retried_before_the_clock_moves_on() -> None:
     await core.drain()
     assert core.stats()["write_errors"] == 2
     assert clock.sleeps == [0.5, 0.5]
-    assert len(writer.batches) == 1 and len(sub.received) == 1  # pushed once, after the write
+    assert len(writer.batches) == 1 and len(sub.received) == 1  # pushed once, written once
 
 
 # -- routing -------------------------------------------------------------------------------------
 
-async def test_publish_writes_then_routes_each_subscriber_its_symbols() -> None:
+async def test_publish_routes_each_subscriber_its_symbols_and_writes() -> None:
     core, writer, _ = make_core()
     a, b, both = FakeSubscriber(), FakeSubscriber(), FakeSubscriber()
     core.subscribe("a", ["AAPL"], a)
