@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
+from billing.providers import make_provider
 from serve.authcache import AuthCache, asyncpg_dsn
 from serve.deps import Services
 from serve.errors import install_error_handlers
@@ -24,6 +25,7 @@ from serve.routes import (
     admin,
     audit,
     auth,
+    billing,
     bots,
     health,
     keys,
@@ -60,7 +62,7 @@ def make_services(settings: Settings) -> Services:
         auth_cache=AuthCache(auth, db, asyncpg_dsn(settings.database_url),
                              ttl_seconds=settings.auth_cache_seconds),
         limiter=limiter, flusher=UsageFlusher(db, redis, limiter),
-        login_guard=LoginGuard(redis))
+        login_guard=LoginGuard(redis), provider=make_provider(settings))
 
 
 async def _flush_forever(services: Services) -> None:
@@ -113,6 +115,6 @@ def create_api(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     for router in (health.router, auth.router, keys.router, audit.router, admin.router,
                    market.router, bots.router, trading.router, risk.router, runtime.router,
-                   stream.router):
+                   stream.router, billing.router):
         app.include_router(router)
     return app

@@ -33,7 +33,10 @@ app = typer.Typer(help="AI Trading Platform: multi-tenant algorithmic and AI tra
 tenant_app = typer.Typer(help="Create and manage tenants.", no_args_is_help=True)
 key_app = typer.Typer(help="Create, list and revoke a tenant's API keys.", no_args_is_help=True)
 audit_app = typer.Typer(help="Check the audit trail.", no_args_is_help=True)
+billing_app = typer.Typer(help="Close months into invoices; list, render and void them.",
+                          no_args_is_help=True)
 app.add_typer(tenant_app, name="tenant")
+app.add_typer(billing_app, name="billing")
 app.add_typer(key_app, name="api-key")
 app.add_typer(audit_app, name="audit")
 
@@ -123,6 +126,7 @@ def _serve(runtime: Runtime, after_start: Callable[[str], None]) -> None:
     runtime.start_ray()
     shutdown.install()  # ray.init replaced the SIGTERM handler
     url = runtime.start_gateway()
+    runtime.start_collector()
     for line in runtime.reconcile_bots():
         out.print(f"bot {line}")
     if not shutdown.requested:
@@ -225,9 +229,14 @@ def tenant_create(name: str = typer.Option(..., help="display name, e.g. 'Acme C
                   ) -> None:
     """Provision a tenant; print its slug and API key (shown once)."""
     async def work(db: Database, settings: Settings) -> tenants.ProvisionedTenant:
-        return await tenants.provision(db, settings.master_key_bytes, name=name, plan=plan,
-                                       email=email, slug=slug, password=password,
-                                       actor=CLI_ACTOR)
+        from billing.providers import make_provider
+        from serve.routes.admin import onboard_billing
+
+        created = await tenants.provision(db, settings.master_key_bytes, name=name, plan=plan,
+                                          email=email, slug=slug, password=password,
+                                          actor=CLI_ACTOR)
+        await onboard_billing(db, make_provider(settings), created.tenant.id)
+        return created
     created = _run(work, {"slug": "--slug"})
     out.print(f"slug      {created.tenant.slug}\nplan      {created.tenant.plan}\n"
               f"owner     {created.owner_email}\napi key   {created.api_key}", soft_wrap=True)
@@ -371,6 +380,119 @@ def audit_verify(tenant: str = typer.Option(None, help="only this tenant's chain
     out.print(f"{len(reports)} chains, {len(broken)} broken")
     if broken:
         raise typer.Exit(1)
+
+
+@app.command()
+def usage(tenant: str = typer.Option(None, help="one tenant's slug (default: all)"),
+          from_: str = typer.Option(None, "--from", help="first day, YYYY-MM-DD (default: the 1st)"),
+          to: str = typer.Option(None, help="day after the last, YYYY-MM-DD (default: tomorrow)"),
+          granularity: str = typer.Option("month", help="day or month")) -> None:
+    """Metered usage per tenant, meter and day or month (from the ledger)."""
+    from datetime import date
+
+    from billing import ledger
+
+    def day(value: str | None, option: str) -> date | None:
+        try:
+            return date.fromisoformat(value) if value else None
+        except ValueError:
+            _fail(Invalid(f"{value!r} is not a date (YYYY-MM-DD)", field=option))
+            raise
+    start, end = day(from_, "--from"), day(to, "--to")
+    if granularity not in ("day", "month"):
+        _fail(Invalid("granularity must be day or month", field="--granularity"))
+
+    async def work(db: Database, _s: Settings) -> tuple[list[Any], dict[Any, str]]:
+        first, last = ledger.usage_range(start, end)
+        async with db.platform() as uow:
+            tenant_id = (await tenants.get_tenant(uow.conn, tenant)).id if tenant else None
+            rows = await ledger.usage(uow.conn, first, last, granularity,  # type: ignore[arg-type]
+                                      tenant_id=tenant_id)
+            slugs = {t.id: t.slug for t in await tenants.list_tenants(uow.conn)}
+        return rows, slugs
+    rows, slugs = _run(work, {"to": "--to", "tenant": "--tenant"})
+    table = Table("period", "tenant", "meter", "quantity", "unit", "samples")
+    for r in rows:
+        table.add_row(str(r.period), slugs.get(r.tenant_id, str(r.tenant_id)), r.meter,
+                      f"{r.quantity:.6f}".rstrip("0").rstrip("."), ledger.METERS[r.meter][0],
+                      str(r.samples))
+    out.print(table)
+
+
+@billing_app.command("close-period")
+def billing_close_period(month: str = typer.Option(..., help="the month to close, YYYY-MM")
+                         ) -> None:
+    """Invoice every tenant for a finished month (safe to rerun: no second invoice)."""
+    from billing.invoices import close_period, parse_month
+    from billing.providers import make_provider
+
+    async def work(db: Database, settings: Settings) -> list[Any]:
+        return await close_period(db, make_provider(settings), parse_month(month),
+                                  actor=CLI_ACTOR)
+    results = _run(work, {"month": "--month"})
+    table = Table("tenant", "invoice", "total", "new", "provider id")
+    for r in results:
+        table.add_row(r.tenant, r.number or "-", f"{r.total_cents / 100:.2f}",
+                      "yes" if r.created else "no",
+                      r.provider_invoice_id or (f"[red]{r.error}[/red]" if r.error else "-"))
+    out.print(table)
+    created = sum(r.created for r in results)
+    out.print(f"{month}: {len(results)} invoices, {created} new, {len(results) - created} "
+              "already there")
+    if any(r.error for r in results):
+        raise typer.Exit(1)
+
+
+@billing_app.command("list")
+def billing_list(tenant: str = typer.Option(None, help="one tenant's slug")) -> None:
+    """List invoices."""
+    from billing.invoices import list_invoices
+
+    async def work(db: Database, _s: Settings) -> list[dict[str, Any]]:
+        async with db.platform() as uow:
+            tenant_id = (await tenants.get_tenant(uow.conn, tenant)).id if tenant else None
+            return await list_invoices(uow.conn, tenant_id)
+    table = Table("number", "tenant", "period", "status", "total", "provider", "id")
+    for r in _run(work, {"slug": "--tenant"}):
+        table.add_row(r["number"] or "-", r["slug"], f"{r['period']:%Y-%m}", r["status"],
+                      f"{r['total_cents'] / 100:.2f} {r['currency']}", r["provider"], str(r["id"]))
+    out.print(table)
+
+
+@billing_app.command("render")
+def billing_render(invoice: str = typer.Argument(..., help="the invoice id"),
+                   output: str = typer.Option(..., "--output", "-o",
+                                              help="file to write; .pdf or .html")) -> None:
+    """Write an invoice as PDF or HTML."""
+    from pathlib import Path
+
+    from billing.invoices import get_invoice
+    from billing.render import render_html, render_pdf
+
+    path = Path(output)
+    if path.suffix not in (".pdf", ".html"):
+        _fail(Invalid("the file must end in .pdf or .html", field="--output"))
+
+    async def work(db: Database, _s: Settings) -> Any:
+        async with db.platform() as uow:
+            return (await get_invoice(uow.conn, invoice, None))[2]
+    doc = _run(work, {"invoice_id": "INVOICE"})
+    if path.suffix == ".pdf":
+        path.write_bytes(render_pdf(doc))
+    else:
+        path.write_text(render_html(doc), encoding="utf-8")
+    out.print(f"wrote {path}")
+
+
+@billing_app.command("void")
+def billing_void(invoice: str = typer.Argument(..., help="the invoice id")) -> None:
+    """Void an unpaid invoice (its number stays used; the month can be closed again)."""
+    from billing.invoices import void_invoice
+
+    async def work(db: Database, _s: Settings) -> None:
+        await void_invoice(db, invoice, actor=CLI_ACTOR)
+    _run(work, {"invoice_id": "INVOICE"})
+    out.print(f"voided {invoice}")
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from redis.asyncio import Redis
 
+from billing.provider import BillingProvider
 from serve.authcache import AuthCache
 from serve.limits import Limiter
 from serve.loginguard import LoginGuard
@@ -36,6 +37,7 @@ class Services:
     limiter: Limiter
     flusher: UsageFlusher
     login_guard: LoginGuard
+    provider: BillingProvider
 
 
 async def get_services(request: Request) -> Services:

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from trading.errors import (
     AtpError,
+    BadRequest,
     Conflict,
     Forbidden,
     Internal,
@@ -30,6 +31,7 @@ from trading.errors import (
 log = logging.getLogger(__name__)
 
 STATUS: dict[type[AtpError], int] = {
+    BadRequest: 400,
     Invalid: 422,
     NotFound: 404,
     Conflict: 409,

@@ -87,6 +87,13 @@ class Runtime:
         serve.run(build_app(self.settings), name=GATEWAY_APP, route_prefix="/")
         return f"http://{self.settings.http_host}:{self.settings.http_port}"
 
+    def start_collector(self) -> None:
+        """Start the metering collector (a detached system actor; kept if it runs)."""
+        from billing.collector import get_or_create_collector
+
+        get_or_create_collector(self.settings, interval=self.settings.metering_interval_seconds,
+                                quota_samples=self.settings.quota_watch_samples)
+
     def reconcile_bots(self) -> list[str]:
         """Restart bots that were running when the platform last stopped."""
         from actors.supervisor import reconcile

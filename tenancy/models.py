@@ -23,6 +23,11 @@ class Plan:
     rate_per_second: Decimal | None
     burst: int | None
     gpu: Decimal | None = None
+    api_call_overage_cents_per_1000: Decimal = Decimal(0)
+    cpu_hours_included: Decimal | None = None  # None: unlimited
+    cpu_hour_overage_cents: Decimal = Decimal(0)
+    storage_gb_month_overage_cents: Decimal = Decimal(0)
+    quota_policy: str = "warn"  # what the runtime quota watch does: warn | stop_bots
 
     @classmethod
     def from_row(cls, row: Any) -> Plan:
@@ -39,6 +44,8 @@ class Tenant:
     created_at: datetime
     updated_at: datetime
     version: int
+    billing_status: str = "current"  # current | past_due | suspended (for non-payment)
+    past_due_since: datetime | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Tenant:

@@ -76,6 +76,15 @@ class Settings(BaseSettings):
         default=(), description="extra modules to import so their Strategy classes register "
                                 "(comma-separated in ATP_STRATEGY_MODULES)")
     ray_num_cpus: int | None = Field(default=None, ge=1)
+    metering_interval_seconds: float = Field(default=15.0, ge=0.5, le=3600)
+    quota_watch_samples: int = Field(default=3, ge=1, le=1000)
+    stripe_api_key: SecretStr | None = Field(
+        default=None, description="without it the platform bills through no provider")
+    stripe_webhook_secret: SecretStr | None = None
+    stripe_api_base: str | None = Field(
+        default=None, description="another Stripe API endpoint (the localstripe emulator)")
+    billing_grace_days: float = Field(default=7.0, ge=0, le=365,
+                                      description="past due this long → suspended")
 
     @field_validator("database_url")
     @classmethod
@@ -94,7 +103,7 @@ class Settings(BaseSettings):
             return tuple(m.strip() for m in value.split(",") if m.strip())
         return value
 
-    @field_validator("redis_url", "ray_address")
+    @field_validator("redis_url", "ray_address", "stripe_api_base")
     @classmethod
     def _empty_is_unset(cls, value: str | None) -> str | None:
         return value or None

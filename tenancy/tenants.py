@@ -31,7 +31,8 @@ from trading.errors import Conflict, Invalid, NotFound
 
 PROVISIONING_STEPS = ("tenant_row", "role", "schema", "migrations", "owner", "api_key",
                       "data_key", "audit")
-_TENANT_COLUMNS = "id, slug, name, plan, status, created_at, updated_at, version"
+_TENANT_COLUMNS = ("id, slug, name, plan, status, created_at, updated_at, version, billing_status,"
+                   " past_due_since")
 MIN_PASSWORD_LENGTH = 10
 
 

@@ -148,3 +148,15 @@ async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 10
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def localstripe() -> Iterator[str]:
+    """One localstripe (the Stripe API emulator) for the session; yields its API base URL."""
+    from tests.stripe_emulator import LocalStripe
+
+    emulator = LocalStripe().start()
+    try:
+        yield emulator.url
+    finally:
+        emulator.stop()

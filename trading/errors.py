@@ -63,6 +63,12 @@ class Invalid(AtpError):
     default_code = "invalid"
 
 
+class BadRequest(Invalid):
+    """A request that cannot be read or trusted at all (a bad signature, a garbled body): 400."""
+
+    default_code = "bad_request"
+
+
 class NotFound(AtpError):
     """A resource that does not exist, or belongs to another tenant."""
 

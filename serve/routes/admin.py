@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+import logging
+import uuid
 from typing import Literal
 
 from fastapi import APIRouter, Query, status
 
+from billing.invoices import onboard
+from billing.provider import BillingProvider
 from serve.deps import OperatorDep, ServicesDep
 from serve.schemas import PlanOut, TenantCreate, TenantCreated, TenantOut, TenantPatch
 from tenancy import plans, tenants
+from tenancy.db import Database
 
 router = APIRouter(prefix="/v1/admin", tags=["operator"])
+log = logging.getLogger(__name__)
+
+
+async def onboard_billing(db: Database, provider: BillingProvider, tenant_id: uuid.UUID) -> None:
+    """The provider's customer and subscription for a new tenant. A provider outage does
+    not undo the onboarding: closing a month creates what is missing."""
+    try:
+        await onboard(db, provider, tenant_id)
+    except Exception as exc:
+        log.warning("billing onboarding of tenant %s failed (retried at month close): %s",
+                    tenant_id, exc)
 
 
 @router.post("/tenants", response_model=TenantCreated, status_code=status.HTTP_201_CREATED)
@@ -20,6 +36,7 @@ async def create_tenant(body: TenantCreate, principal: OperatorDep, services: Se
     created = await tenants.provision(
         services.db, services.settings.master_key_bytes, name=body.name, plan=body.plan,
         email=body.email, slug=body.slug, password=body.password, actor=principal.actor)
+    await onboard_billing(services.db, services.provider, created.tenant.id)
     return TenantCreated(tenant=created.tenant, owner_email=created.owner_email,
                          api_key=created.api_key, owner_password=created.owner_password)
 
