@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 TENANT_NAMESPACE_PREFIX = "tenant-"
 JOB_TENANT_KEY = "atp_tenant_id"
+STATE_API_LIMIT = 10_000  # the API server's default ceiling (RAY_MAX_LIMIT_FROM_API_SERVER)
 
 
 def _auth_headers() -> dict[str, str]:
@@ -78,7 +79,10 @@ class RayRuntime:
         address = self._address()
         actors = await asyncio.to_thread(
             list_actors, address=address, filters=[("state", "=", "ALIVE")], detail=True,
-            limit=100_000, raise_on_missing_output=False)
+            limit=STATE_API_LIMIT, raise_on_missing_output=False)
+        if len(actors) >= STATE_API_LIMIT:
+            log.error("the state API returned its limit of %d actors; some are not metered "
+                      "(raise RAY_MAX_LIMIT_FROM_API_SERVER)", STATE_API_LIMIT)
         procs: list[Proc] = []
         for actor in actors:
             namespace = actor.ray_namespace or ""
@@ -92,7 +96,7 @@ class RayRuntime:
                               actor.name or actor.class_name, "actor", actor.node_id,
                               int(actor.pid), Decimal(str(gpus))))
         known = set(tenants.values())
-        jobs = await asyncio.to_thread(list_jobs, address=address, limit=10_000,
+        jobs = await asyncio.to_thread(list_jobs, address=address, limit=STATE_API_LIMIT,
                                        raise_on_missing_output=False)
         for job in jobs:
             procs.extend(_driver(job, known))

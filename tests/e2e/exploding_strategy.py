@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from trading.instruments import Bar
-from trading.strategy import Strategy, StrategyContext, register
+from trading.strategy import Param, Strategy, StrategyContext, register
 
 
 @register
@@ -24,3 +24,16 @@ class Exploding(Strategy):
             ctx.buy(bar.symbol, Decimal("0.01"))
         if self.seen == 3:
             raise RuntimeError("boom on bar 3")
+
+
+@register
+class MemoryHog(Strategy):
+    name = "memory_hog"
+    description = "Holds `mb` MiB of memory from its start (for the quota watch's tests)."
+    params = {"mb": Param(int, 600, min=1)}
+
+    def on_start(self, ctx: StrategyContext) -> None:
+        self.ballast = b"\x01" * (self.p.mb * 1024 * 1024)
+
+    def on_bar(self, ctx: StrategyContext, bar: Bar) -> None:
+        return None
