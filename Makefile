@@ -41,6 +41,8 @@ lint: install
 bench: install
 	cd benchmarks && ../$(BIN)/python gateway.py
 	cd benchmarks && ../$(BIN)/python provisioning.py
+	cd benchmarks && ../$(BIN)/python tick_to_trade.py
+	cd benchmarks && ../$(BIN)/python metering.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -9,7 +9,10 @@ even two collectors could not record a window twice.
 One tick, for the window ``[last end, now floored to the interval)``:
 
 1. read the runtime (`billing.ray_source`): alive tenant actors and job drivers, and the
-   reporters' per-process figures; turn them into samples (`billing.meter.measure`);
+   reporters' per-process figures; turn them into samples (`billing.meter.measure`). When
+   the runtime cannot be read (no dashboard, so no state API), the window gets no runtime
+   samples and the CPU cursors stay as they were: the next good reading counts the CPU of
+   the gap (memory and GPU of the gap are not known and not billed);
 2. API calls: the gateway's exact per-tenant, per-day counters (``platform.api_usage``)
    minus what the ledger already holds for those days become samples (source
    ``gateway``); a count flushed late for an earlier day lands in that day;
@@ -127,6 +130,7 @@ class Collector:
         self._streaks: dict[uuid.UUID, int] = {}
         self.ticks = 0
         self.errors = 0
+        self.runtime_errors = 0
         self.last_report: TickReport | None = None
         self.work_seconds = 0.0  # CPU seconds spent in ticks (this process)
 
@@ -148,8 +152,16 @@ class Collector:
         if last is not None and window_end <= last:
             return None
         window_start = last if last is not None else window_end - self.interval
-        procs = await self._source.processes({t.slug: t.id for t in tenants.values()})
-        stats = await self._source.node_stats({p.node_id for p in procs}) if procs else {}
+        try:
+            procs = await self._source.processes({t.slug: t.id for t in tenants.values()})
+            stats = await self._source.node_stats({p.node_id for p in procs}) if procs else {}
+            runtime_ok = True
+        except Exception as exc:  # no state API or dashboard: API calls and storage go on
+            self.runtime_errors += 1
+            (log.warning if self.runtime_errors == 1 else log.debug)(
+                "reading the Ray runtime failed (%s: %s); windows get no runtime samples "
+                "until it works, CPU stays in the cursors", type(exc).__name__, exc)
+            procs, stats, runtime_ok = [], {}, False
         measured = measure(procs, stats, cursors, window_start=window_start,
                            window_end=window_end, max_gap=self.max_gap,
                            watching=last is not None)
@@ -162,7 +174,8 @@ class Collector:
             samples += await _storage_samples(conn, tenants, window_start, window_end,
                                               self.max_gap)
             result = await ledger.record(conn, samples, now=self._now())
-            await _save_cursors(conn, measured.cursors)
+            if runtime_ok:  # else the old cursors stay: the next reading counts the gap
+                await _save_cursors(conn, measured.cursors)
             await conn.execute(text(
                 "UPDATE platform.meter_state SET last_window_end = :e WHERE id = 1"),
                 {"e": window_end})
@@ -237,7 +250,8 @@ class Collector:
 
     def stats(self) -> dict[str, Any]:
         report = self.last_report
-        return {"ticks": self.ticks, "errors": self.errors, "work_seconds": self.work_seconds,
+        return {"ticks": self.ticks, "errors": self.errors, "runtime_errors": self.runtime_errors,
+                "work_seconds": self.work_seconds,
                 "interval": self.interval.total_seconds(),
                 "last": None if report is None else {
                     "window_start": report.window_start.isoformat(),

@@ -96,7 +96,7 @@ class RayRuntime:
                               actor.name or actor.class_name, "actor", actor.node_id,
                               int(actor.pid), Decimal(str(gpus))))
         known = set(tenants.values())
-        jobs = await asyncio.to_thread(list_jobs, address=address, limit=STATE_API_LIMIT,
+        jobs = await asyncio.to_thread(list_jobs, address=address, limit=STATE_API_LIMIT, detail=True,
                                        raise_on_missing_output=False)
         for job in jobs:
             procs.extend(_driver(job, known))

@@ -164,6 +164,26 @@ async def _demo_bots(settings: Settings, key: str, url: str, seconds: int) -> No
             out.print("  " + line)
         out.print(f"  curl -s -H 'Authorization: Bearer {key}' {url}/v1/positions\n",
                   soft_wrap=True)
+        await _demo_usage(db, key, url)
+
+
+async def _demo_usage(db: Database, key: str, url: str) -> None:
+    import ray
+
+    from billing.collector import COLLECTOR_NAME, COLLECTOR_NAMESPACE
+    from serve.demo import demo_usage
+
+    try:  # one window now, so the figures include the run just made
+        await ray.get_actor(COLLECTOR_NAME, namespace=COLLECTOR_NAMESPACE).tick.remote()
+    except Exception as exc:  # the loop records the next window anyway
+        out.print(f"[dim](metering tick skipped: {exc})[/dim]")
+    lines = await demo_usage(db, "demo")
+    out.print("The demo tenant's usage this month (metered from the Ray runtime every "
+              "15 s; Ray's reporter lags a few seconds):")
+    for line in lines or ["nothing metered yet"]:
+        out.print("  " + line)
+    out.print(f"  curl -s -H 'Authorization: Bearer {key}' '{url}/v1/usage?granularity=month'\n",
+              soft_wrap=True)
 
 
 @app.command()

@@ -113,3 +113,15 @@ async def demo_pnl(db: Database, slug: str) -> list[str]:
             lines.append(f"{bot.name:<14} {bot.status:<8} fills {fills:>3}  "
                          f"equity {equity:,.2f}  P&L {equity - bot.capital:+,.2f}")
     return lines
+
+
+async def demo_usage(db: Database, slug: str) -> list[str]:
+    """The demo tenant's metered usage this month so far, one line per meter."""
+    from billing import ledger
+
+    async with db.platform() as uow:
+        tenant = await get_tenant(uow.conn, slug)
+        start, end = ledger.usage_range(None, None)
+        rows = await ledger.usage(uow.conn, start, end, "month", tenant_id=tenant.id)
+    return [f"{r.meter:<22} {r.quantity:>16,.3f} {ledger.METERS[r.meter][0]:<6} "
+            f"({r.samples} samples)" for r in rows]

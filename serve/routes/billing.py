@@ -47,7 +47,7 @@ def _usage_body(rows: list[ledger.UsageRow], start: date, end: date, granularity
 
 
 FromQ = Query(None, alias="from", description="first day (YYYY-MM-DD), default: 1st of this month")
-ToQ = Query(None, description="day after the last (YYYY-MM-DD), default: tomorrow")
+ToQ = Query(None, alias="to", description="day after the last (YYYY-MM-DD), default: tomorrow")
 GranularityQ = Query("day", description="day or month")
 
 

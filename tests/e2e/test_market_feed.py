@@ -118,7 +118,11 @@ async def test_feed_writes_pushes_and_serves_bars(
     live = [b for b in received if b.ts.year != 2033]
     assert {b.symbol for b in live} == {LIVE}
     assert [b.ts for b in live] == sorted({b.ts for b in live})  # in order, no repeats
-    assert await _stored(db, live) == len(live)
+
+    async def live_stored() -> bool:  # pushed first, written right after
+        return await _stored(db, live) == len(live)
+
+    await wait_for(live_stored, timeout=10)
 
     await call(feed.stop.remote())
     assert (await call(feed.stats.remote()))["running"] is False

@@ -105,3 +105,50 @@ def test_production_mode_refuses_missing_secrets(atp, settings: Settings) -> Non
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "ATP_JWT_SECRET" in result.stderr
+
+
+async def test_billing_and_usage_commands(atp, db: Database, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from datetime import UTC, datetime, timedelta
+    from decimal import Decimal
+
+    from sqlalchemy import text
+
+    from billing import ledger
+    from billing.ledger import Sample
+
+    slug = random_slug()
+    assert atp("tenant", "create", "--name", "Billed", "--plan", "starter", "--email",
+               f"admin@{slug}.example.com", "--slug", slug).returncode == 0
+    start = datetime(2024, 8, 5, tzinfo=UTC)
+    async with db.platform() as uow:
+        tenant_id = (await uow.conn.execute(text(
+            "UPDATE platform.tenants SET created_at = '2024-08-01' WHERE slug = :s RETURNING id"),
+            {"s": slug})).scalar_one()
+        await ledger.record(uow.conn, [Sample(tenant_id, "api_calls", start,
+                                              start + timedelta(seconds=15), "test",
+                                              Decimal(12_345))])
+        await uow.commit()
+    usage = atp("usage", "--tenant", slug, "--from", "2024-08-01", "--to", "2024-09-01")
+    assert usage.returncode == 0 and re.search(rf"2024-08-01.*{slug}.*api_calls.*12345",
+                                               usage.stdout), usage.stdout
+    closed = atp("billing", "close-period", "--month", "2024-08")
+    assert closed.returncode == 0, closed.stderr
+    # starter: $49 + 3 started thousands of calls over 10,000 at 50c
+    assert re.search(rf"{slug}[\s│]+ATP-\d{{4}}-\d{{6}}[\s│]+50\.50[\s│]+yes", closed.stdout), \
+        closed.stdout
+    again = atp("billing", "close-period", "--month", "2024-08")
+    assert re.search(rf"{slug}[\s│]+ATP-\S+[\s│]+50\.50[\s│]+no", again.stdout), again.stdout
+    listed = atp("billing", "list", "--tenant", slug)
+    invoice_id = re.search(r"([0-9a-f-]{36})", listed.stdout).group(1)  # type: ignore[union-attr]
+    pdf = tmp_path / "invoice.pdf"
+    assert atp("billing", "render", invoice_id, "-o", str(pdf)).returncode == 0
+    assert pdf.read_bytes().startswith(b"%PDF")
+
+    bad = {("billing", "close-period", "--month", "2024-13"): "--month",
+           ("billing", "close-period", "--month", "2099-01"): "--month",
+           ("usage", "--granularity", "week"): "--granularity",
+           ("usage", "--from", "yesterday"): "--from",
+           ("billing", "render", invoice_id, "-o", str(tmp_path / "x.txt")): "--output"}
+    for args, option in bad.items():
+        result = atp(*args)
+        assert result.returncode == 2 and option in result.stderr, (args, result.stderr)

@@ -113,3 +113,37 @@ async def test_api_calls_and_storage_become_samples(
     await collector.tick()
     assert await _metered(db, t.id, "api_calls") == 50  # only the difference was added
     assert await _metered(db, t.id, "storage_gb_seconds") > 0
+
+
+@pytest.mark.timeout(300)
+async def test_a_tenant_jobs_driver_is_metered_and_token_auth_is_on(
+        ray_session: None, db: Database, make_tenant: TenantFactory) -> None:
+    import sys
+    from pathlib import Path
+
+    import httpx
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from billing.ray_source import _dashboard_url
+
+    t = (await make_tenant()).tenant
+    url = _dashboard_url(ray.get_runtime_context().gcs_address)
+    node = ray.get_runtime_context().get_node_id()
+    async with httpx.AsyncClient() as client:  # Ray 2.60's token auth is on in this cluster
+        assert (await client.get(f"{url}/nodes/{node}")).status_code == 401
+    collector = Collector(db, RayRuntime(), interval=1.0)
+    await asyncio.sleep(1.05)
+    await collector.tick()
+    script = Path(__file__).with_name("job_burn.py")
+    jobs = JobSubmissionClient(url)
+    job = jobs.submit_job(entrypoint=f"{sys.executable} {script} 3 40",
+                          metadata={"atp_tenant_id": str(t.id)}, entrypoint_num_cpus=0)
+    try:
+        async def metered_enough() -> bool:
+            return await _metered(db, t.id, "cpu_seconds") >= Decimal(3)
+        await _tick_until(collector, metered_enough, timeout=120)
+        assert jobs.get_job_status(job) == JobStatus.RUNNING
+        procs = await RayRuntime().processes({t.slug: t.id})
+        assert [p.kind for p in procs] == ["driver"] and procs[0].name == f"job:{job}"
+    finally:
+        jobs.stop_job(job)
