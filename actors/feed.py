@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -293,22 +294,16 @@ class FeedCore:
 
     async def _publish_retrying(self, batch: Sequence[Bar]) -> None:
         """Publish a batch; a failed write is retried alone (the push is not repeated)."""
-        try:
-            await self.publish(batch)
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self._write_failed(len(batch), exc)
-        await self._sleep(self.retry_seconds)
+        attempt: Callable[[], Awaitable[int]] = functools.partial(self.publish, batch)
         while True:
             try:
-                await self._write(list(batch))
+                await attempt()
                 return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self._write_failed(len(batch), exc)
+                attempt = functools.partial(self._write, list(batch))
                 await self._sleep(self.retry_seconds)
 
     def _write_failed(self, n: int, exc: BaseException) -> None:
