@@ -260,6 +260,7 @@ async def test_a_webhook_with_a_bad_signature_is_400_and_changes_nothing(
             r = await client.post("/v1/billing/stripe/webhook", content=body, headers=headers)
             assert r.status_code == 400, r.text
             assert r.json()["error"]["code"] == "bad_signature"
-    async with httpx.AsyncClient(base_url=stripe_gateway) as client:
-        r = await client.get("/v1/billing/invoices")
-        assert r.status_code == 401
+        huge = await client.post("/v1/billing/stripe/webhook", content=b"x" * 1_000_001,
+                                 headers={"Stripe-Signature": "t=1,v1=00"})
+        assert huge.status_code == 400 and huge.json()["error"]["code"] == "bad_payload"
+        assert (await client.get("/v1/billing/invoices")).status_code == 401
