@@ -98,10 +98,14 @@ async def list_fills(conn: AsyncConnection, *, bot_id: uuid.UUID | None = None,
 
 
 async def list_positions(conn: AsyncConnection) -> list[dict[str, Any]]:
-    """Return every non-flat position, by account and symbol."""
+    """Every non-flat position, by account and symbol: the platform's books and, marked
+    ``source: agent``, the latest each local agent reported (account ``agent:…``)."""
     rows = await conn.execute(text(
-        "SELECT account, symbol, quantity, average_cost, realized_pnl, updated_at FROM positions"
-        " WHERE quantity <> 0 ORDER BY account, symbol"))
+        "SELECT account, symbol, quantity, average_cost, realized_pnl, updated_at,"
+        " 'platform' AS source, NULL::uuid AS agent_id FROM positions WHERE quantity <> 0"
+        " UNION ALL SELECT account, symbol, quantity, average_cost, realized_pnl, updated_at,"
+        " 'agent', agent_id FROM agent_positions WHERE quantity <> 0"
+        " ORDER BY source DESC, account, symbol"))
     return [dict(r._mapping) for r in rows]
 
 
@@ -120,7 +124,16 @@ async def account_pnl(conn: AsyncConnection) -> list[dict[str, Any]]:
             "unrealized_pnl": r.unrealized_pnl, "fees": r.s_fees,
             "gross_exposure": r.gross_exposure, "net_exposure": r.net_exposure}
         result.append({"account": r.account, "cash": r.cash, "fees": r.fees,
-                       "updated_at": r.updated_at, "snapshot": snapshot})
+                       "updated_at": r.updated_at, "snapshot": snapshot, "source": "platform"})
+    agents = await conn.execute(text(
+        "SELECT agent_id, account, at, cash, equity, realized_pnl, unrealized_pnl, fees"
+        " FROM agent_pnl ORDER BY account, agent_id"))
+    for r in agents:  # an agent's books: the latest P&L it reported per account
+        result.append({"account": r.account, "cash": r.cash, "fees": r.fees, "updated_at": r.at,
+                       "source": "agent", "agent_id": r.agent_id, "snapshot": {
+                           "at": r.at, "cash": r.cash, "equity": r.equity,
+                           "realized_pnl": r.realized_pnl, "unrealized_pnl": r.unrealized_pnl,
+                           "fees": r.fees, "gross_exposure": None, "net_exposure": None}})
     return result
 
 

@@ -23,6 +23,7 @@ from serve.limits import Limiter
 from serve.loginguard import LoginGuard
 from serve.routes import (
     admin,
+    agents,
     audit,
     auth,
     billing,
@@ -115,6 +116,6 @@ def create_api(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     for router in (health.router, auth.router, keys.router, audit.router, admin.router,
                    market.router, bots.router, trading.router, risk.router, runtime.router,
-                   stream.router, billing.router):
+                   stream.router, billing.router, agents.router):
         app.include_router(router)
     return app

@@ -163,7 +163,8 @@ class PositionOut(BaseModel):
     realized_pnl: Decimal
     updated_at: datetime
     source: Literal["platform", "agent"] = Field(
-        default="platform", description="where the position is kept (the platform's own books)")
+        default="platform", description="the platform's own books, or a local agent's report")
+    agent_id: uuid.UUID | None = Field(default=None, description="the reporting agent")
 
 
 class PnlSnapshotOut(BaseModel):
@@ -173,8 +174,8 @@ class PnlSnapshotOut(BaseModel):
     realized_pnl: Decimal
     unrealized_pnl: Decimal
     fees: Decimal
-    gross_exposure: Decimal
-    net_exposure: Decimal
+    gross_exposure: Decimal | None = Field(description="null for an agent's report")
+    net_exposure: Decimal | None
 
 
 class AccountPnlOut(BaseModel):
@@ -183,6 +184,8 @@ class AccountPnlOut(BaseModel):
     fees: Decimal
     updated_at: datetime
     snapshot: PnlSnapshotOut | None = Field(description="the latest P&L snapshot, if any")
+    source: Literal["platform", "agent"] = "platform"
+    agent_id: uuid.UUID | None = None
 
 
 # --- risk -----------------------------------------------------------------------------------

@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     stripe_webhook_secret: SecretStr | None = None
     stripe_api_base: str | None = Field(
         default=None, description="another Stripe API endpoint (the localstripe emulator)")
+    agent_heartbeat_seconds: float = Field(default=10.0, ge=0.2, le=300,
+                                           description="heartbeats to and from local agents")
     billing_grace_days: float = Field(default=7.0, ge=0, le=365,
                                       description="past due this long → suspended")
 

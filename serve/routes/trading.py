@@ -85,16 +85,17 @@ async def list_fills(principal: ViewerDep, services: ServicesDep,
 
 @router.get("/positions", response_model=list[PositionOut])
 async def list_positions(principal: ViewerDep, services: ServicesDep) -> list[PositionOut]:
-    """Every non-flat position of every account, as the platform books it."""
+    """Every non-flat position: the platform's books, and each local agent's latest report
+    (``source: agent``)."""
     tenant = tenant_of(principal)
     async with services.db.tenant(tenant.id, tenant.slug) as uow:
         rows = await queries.list_positions(uow.conn)
-    return [PositionOut.model_validate({**r, "source": "platform"}) for r in rows]
+    return [PositionOut.model_validate(r) for r in rows]
 
 
 @router.get("/pnl", response_model=list[AccountPnlOut])
 async def account_pnl(principal: ViewerDep, services: ServicesDep) -> list[AccountPnlOut]:
-    """Each account's cash and fees, with its latest P&L snapshot."""
+    """Each account's cash and fees with its latest P&L snapshot; agents' accounts too."""
     tenant = tenant_of(principal)
     async with services.db.tenant(tenant.id, tenant.slug) as uow:
         rows = await queries.account_pnl(uow.conn)
