@@ -32,7 +32,7 @@ from serve.agent_hub import (
     command_channel,
     parse_frame,
 )
-from serve.deps import Services, ServicesDep, TraderDep, ViewerDep, tenant_of
+from serve.deps import AdminDep, Services, ServicesDep, TraderDep, ViewerDep, tenant_of
 from serve.routes.stream import _credential
 from serve.schemas import Request
 from tenancy.roles import Role, require_role
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["agents"])
 
 HELLO_TIMEOUT_SECONDS = 10.0
+DISCONNECT = "disconnect"
 
 
 def _json(value: Any) -> str:
@@ -172,8 +173,12 @@ class _Session:
     async def commands(self, pubsub: Any) -> None:
         while True:
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-            if message is not None:
-                await self.deliver_commands()
+            if message is None:
+                continue
+            if message["data"] in (DISCONNECT, DISCONNECT.encode()):
+                await self.ws.close(code=4000, reason="disconnected_by_platform")
+                return
+            await self.deliver_commands()
 
     async def deliver_commands(self) -> None:
         """Send every open command not sent on this socket yet (all of them after a reconnect)."""
@@ -250,3 +255,13 @@ async def post_command(agent_id: str, body: CommandCreate, principal: TraderDep,
     with contextlib.suppress(Exception):  # the holder also sends open commands on connect
         await services.redis.publish(command_channel(tenant.id, agent["id"]), str(command["id"]))
     return command
+
+
+@router.post("/v1/agents/{agent_id}/disconnect", status_code=status.HTTP_202_ACCEPTED)
+async def disconnect(agent_id: str, principal: AdminDep, services: ServicesDep
+                     ) -> dict[str, Any]:
+    """Close the agent's socket on whichever replica holds it (it reconnects by itself)."""
+    tenant = tenant_of(principal)
+    agent = await AgentStore(services.db, tenant.id, tenant.slug).get_agent(agent_id)
+    receivers = await services.redis.publish(command_channel(tenant.id, agent["id"]), DISCONNECT)
+    return {"agent_id": str(agent["id"]), "sockets": int(receivers)}

@@ -189,3 +189,15 @@ async def test_credentials_and_tenants_are_kept_apart(
     r = await http.post(f"/v1/agents/{a2.id}/commands", headers=bearer(b.api_key),
                         json={"command": "kill_switch"})
     assert r.status_code == 404
+
+
+async def test_the_platform_can_close_an_agents_socket(
+        http: httpx.AsyncClient, agent_url: str, make_tenant: TenantFactory) -> None:
+    t = await make_tenant()
+    async with Agent(agent_url, t.api_key) as agent:
+        r = await http.post(f"/v1/agents/{agent.id}/disconnect", headers=bearer(t.api_key))
+        assert r.status_code == 202 and r.json()["sockets"] == 1
+        with pytest.raises(websockets.exceptions.ConnectionClosed) as info:
+            while True:
+                await asyncio.wait_for(agent.ws.recv(), 15)
+        assert (info.value.rcvd.code, info.value.rcvd.reason) == (4000, "disconnected_by_platform")
