@@ -115,8 +115,9 @@ class BotContext:
         return cid
 
     def begin_bar(self, bar: Bar) -> None:
+        if bar.ts != self._now:  # numbered per bar time: several symbols share one
+            self._seq = 0
         self._now = bar.ts
-        self._seq = 0
         self._bars.setdefault(bar.symbol, deque(maxlen=self._history)).append(bar)
 
     def preload(self, bars: Sequence[Bar]) -> None:

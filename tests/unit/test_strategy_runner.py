@@ -143,3 +143,32 @@ async def test_open_orders_survive_a_restart_and_can_be_canceled() -> None:
     r.strategy.n, r.strategy.first = 1, "stored-1"  # type: ignore[attr-defined]
     await r.on_bars(bars([11], start=1))
     assert gate.canceled == ["stored-1"]
+
+
+@register
+class _BuysEverything(Strategy):
+    name = "test_buys_every_bar"
+    description = "buys on every bar of every symbol"
+    params = {}
+
+    def on_bar(self, ctx: StrategyContext, bar: Bar) -> None:
+        ctx.buy(bar.symbol, Decimal("0.1"))
+
+
+async def test_orders_of_several_symbols_at_one_bar_time_get_distinct_ids() -> None:
+    gate = FakeGate()
+    r = StrategyRunner(uuid.UUID(int=10), "test_buys_every_bar", ["BTC-USD", "ETH-USD"], {},
+                       cash=Decimal(100), positions={}, send=gate.send)
+    r.start()
+    both = sorted(bars([10, 11], "BTC-USD") + bars([20, 21], "ETH-USD"),
+                  key=lambda b: (b.ts, b.symbol))
+    await r.on_bars(both)
+    ids = [o.client_order_id for o, _ in gate.orders]
+    assert len(ids) == 4 and len(set(ids)) == 4
+    # the same bars again (a restart) give the same ids
+    gate2 = FakeGate()
+    r2 = StrategyRunner(uuid.UUID(int=10), "test_buys_every_bar", ["BTC-USD", "ETH-USD"], {},
+                        cash=Decimal(100), positions={}, send=gate2.send)
+    r2.start()
+    await r2.on_bars(both)
+    assert [o.client_order_id for o, _ in gate2.orders] == ids
