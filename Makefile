@@ -43,6 +43,7 @@ bench: install
 	cd benchmarks && ../$(BIN)/python provisioning.py
 	cd benchmarks && ../$(BIN)/python tick_to_trade.py
 	cd benchmarks && ../$(BIN)/python metering.py
+	cd benchmarks && ../$(BIN)/python agent_sync.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
