@@ -33,10 +33,10 @@ from serve.agent_hub import (
     parse_frame,
 )
 from serve.deps import AdminDep, Services, ServicesDep, TraderDep, ViewerDep, tenant_of
-from serve.routes.stream import _credential
+from serve.routes.stream import authenticate_socket
 from serve.schemas import Request
-from tenancy.roles import Role, require_role
-from trading.errors import AtpError, Forbidden, Invalid
+from tenancy.roles import Role
+from trading.errors import AtpError, Invalid
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["agents"])
@@ -56,17 +56,12 @@ def _error_frame(exc: AtpError) -> str:
 @router.websocket("/v1/agent/ws")
 async def agent_socket(ws: WebSocket) -> None:
     services: Services = ws.app.state.services
-    try:
-        principal = await services.auth_cache.authenticate(_credential(ws))
-        if principal.tenant is None or principal.role is None:
-            raise Forbidden("an agent needs a tenant credential", code="tenant_required")
-        require_role(principal.role, Role.TRADER)
-    except AtpError as exc:
-        await ws.accept()  # accept first, so the agent sees the close code and reason
-        await ws.close(code=4403 if isinstance(exc, Forbidden) else 4401, reason=exc.code)
+    principal = await authenticate_socket(ws, Role.TRADER)
+    if principal is None:
         return
     await ws.accept()
     tenant = principal.tenant
+    assert tenant is not None
     store = AgentStore(services.db, tenant.id, tenant.slug)
     try:
         hello = await _hello(ws)

@@ -17,6 +17,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from actors.tenant_runtime import events_channel
 from serve.deps import Services
+from tenancy.auth import Principal
 from tenancy.roles import Role, require_role
 from trading.errors import AtpError, Forbidden
 
@@ -32,19 +33,30 @@ def _credential(ws: WebSocket) -> str:
     return ws.query_params.get("token", "") or ws.headers.get("x-api-key", "")
 
 
-@router.websocket("/v1/stream")
-async def stream(ws: WebSocket) -> None:
+async def authenticate_socket(ws: WebSocket, role: Role) -> Principal | None:
+    """The socket's tenant principal with at least `role`, or None after closing it with
+    4401 (unauthenticated) or 4403 (forbidden) and the error code as the reason."""
     services: Services = ws.app.state.services
     try:
         principal = await services.auth_cache.authenticate(_credential(ws))
         if principal.tenant is None or principal.role is None:
-            raise Forbidden("the stream needs a tenant credential", code="tenant_required")
-        require_role(principal.role, Role.VIEWER)
+            raise Forbidden("a tenant credential is required", code="tenant_required")
+        require_role(principal.role, role)
     except AtpError as exc:
         await ws.accept()  # accept first, so the client sees the close code and reason
         await ws.close(code=4403 if isinstance(exc, Forbidden) else 4401, reason=exc.code)
+        return None
+    return principal
+
+
+@router.websocket("/v1/stream")
+async def stream(ws: WebSocket) -> None:
+    services: Services = ws.app.state.services
+    principal = await authenticate_socket(ws, Role.VIEWER)
+    if principal is None:
         return
     tenant = principal.tenant
+    assert tenant is not None
     await ws.accept()
     pubsub = services.redis.pubsub()
     await pubsub.subscribe(events_channel(tenant.id))

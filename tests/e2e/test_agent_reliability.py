@@ -73,9 +73,15 @@ class AgentProcess:
                 self.proc.kill()
 
     def status(self) -> dict[str, Any]:
+        status = self.status_if_ready()
+        assert status is not None, "atp-agent status failed"
+        return status
+
+    def status_if_ready(self) -> dict[str, Any] | None:
+        """The status, or None while the agent has not created its database yet."""
         out = subprocess.run([sys.executable, "-m", "agent.cli", "status", "--db", str(self.db),
-                              "--json"], capture_output=True, text=True, timeout=60, check=True)
-        return dict(json.loads(out.stdout))
+                              "--json"], capture_output=True, text=True, timeout=60)
+        return dict(json.loads(out.stdout)) if out.returncode == 0 else None
 
 
 async def _all_events(http: httpx.AsyncClient, key: str, agent_id: str) -> list[dict[str, Any]]:
@@ -161,7 +167,8 @@ async def test_a_gateway_restart_while_the_agent_trades_offline_drains_the_backl
     agent.start()
     try:
         async def acked_some() -> bool:
-            return bool(agent.status()["acked"] > 0)
+            status = agent.status_if_ready()
+            return status is not None and status["acked"] > 0
         await wait_for(acked_some, timeout=60, interval=0.3)
         serve.delete(GATEWAY_APP)  # the platform is gone; the agent keeps trading
         before = agent.status()

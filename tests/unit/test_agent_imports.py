@@ -3,23 +3,13 @@ itself, `websockets` and `yaml`, and nothing else (no Ray, no PostgreSQL, no web
 
 from __future__ import annotations
 
-import ast
 import sys
 from pathlib import Path
 
+from tests.unit.test_purity import _imports
+
 ROOT = Path(__file__).resolve().parents[2]
 ALLOWED = set(sys.stdlib_module_names) | {"trading", "agent", "websockets", "yaml"}
-
-
-def _imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(a.name.split(".")[0] for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
-    return names
 
 
 def test_the_agent_imports_only_the_stdlib_trading_websockets_and_yaml() -> None:

@@ -28,6 +28,7 @@ class RestingBuyer(Strategy):
     """Keeps one far-below-market limit buy working per symbol: orders that stay open."""
 
     name = "agent_test_resting"
+    description = "rests a limit order (for the agent's tests)"
     params = {"quantity": Param(Decimal, Decimal("0.01"), min=Decimal(0), min_exclusive=True)}
 
     def on_bar(self, ctx: StrategyContext, bar: Bar) -> None:
@@ -41,6 +42,7 @@ class FailingStrategy(Strategy):
     """Raises on its third bar."""
 
     name = "agent_test_failing"
+    description = "raises on its third bar (for the agent's tests)"
 
     def on_start(self, ctx: StrategyContext) -> None:
         self.bars = 0
