@@ -1,0 +1,123 @@
+"""The event-driven backtester: timing of fills, costs, several symbols, risk limits."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from trading.backtest import merge_bars, run_backtest
+from trading.errors import Invalid
+from trading.instruments import Bar
+from trading.orders import OrderStatus, Side
+from trading.risk import RiskLimits
+from trading.strategy import Param, Strategy, StrategyContext, register
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def bars(symbol: str, opens: list[str], closes: list[str] | None = None) -> list[Bar]:
+    closes = closes or opens
+    out = []
+    for i, (o, c) in enumerate(zip(opens, closes, strict=True)):
+        lo, hi = min(Decimal(o), Decimal(c)), max(Decimal(o), Decimal(c))
+        out.append(Bar(symbol, T0 + timedelta(minutes=i), Decimal(o), hi, lo, Decimal(c), Decimal(1000)))
+    return out
+
+
+@register
+class BuyOnBar(Strategy):
+    """Buy `quantity` of every symbol on bar `at` (counted per symbol from 0); sell it on bar `exit`."""
+
+    name = "test_backtest_buy_on_bar"
+    params = {"at": Param(int, 0), "exit": Param(int, -1), "quantity": Param(Decimal, Decimal(1))}
+
+    def __init__(self, symbols: list[str], **params: object) -> None:
+        super().__init__(symbols, **params)
+        self.seen: dict[str, int] = {}
+
+    def on_start(self, ctx: StrategyContext) -> None:
+        ctx.log(f"context is a StrategyContext: {isinstance(ctx, StrategyContext)}")
+
+    def on_bar(self, ctx: StrategyContext, bar: Bar) -> None:
+        n = self.seen[bar.symbol] = self.seen.get(bar.symbol, -1) + 1
+        if n == self.p.at:
+            ctx.buy(bar.symbol, self.p.quantity)
+        if n == self.p.exit:
+            ctx.sell(bar.symbol, ctx.position(bar.symbol))
+
+
+def test_the_strategy_trades_through_a_strategy_context() -> None:
+    result = run_backtest("test_backtest_buy_on_bar", {}, bars("AAPL", ["100"]), capital=1000)
+    assert result.logs == [(T0, "context is a StrategyContext: True")]
+
+
+def test_an_order_fills_at_the_next_bar_open_with_fee_and_slippage() -> None:
+    result = run_backtest("test_backtest_buy_on_bar", {"at": 0, "exit": 2, "quantity": 10},
+                          bars("AAPL", ["100", "101", "102", "103"], ["100.5", "101.5", "102.5", "103.5"]),
+                          capital=10_000, fee_bps=10, slippage_bps=5)
+    buy, sell = result.fills
+    assert (buy.ts, buy.side, buy.quantity) == (T0 + timedelta(minutes=1), Side.BUY, Decimal(10))
+    assert buy.price == Decimal("101.06")  # 101 * 1.0005 = 101.0505, up to the tick
+    assert buy.fee == Decimal("1.01060000")
+    assert (sell.ts, sell.price) == (T0 + timedelta(minutes=3), Decimal("102.94"))  # 102.9485 down
+    assert sell.fee == Decimal("1.02940000")
+    expected = Decimal(10_000) + (sell.price - buy.price) * 10 - buy.fee - sell.fee
+    assert result.final_equity == expected
+    assert [e for _, e in result.equity_curve] == [
+        Decimal(10_000), Decimal(10_000) - buy.price * 10 - buy.fee + Decimal("101.5") * 10,
+        Decimal(10_000) - buy.price * 10 - buy.fee + Decimal("102.5") * 10, expected]
+    assert [o.status for o in result.orders] == [OrderStatus.FILLED, OrderStatus.FILLED]
+
+
+def test_an_order_on_the_last_bar_is_canceled() -> None:
+    result = run_backtest("test_backtest_buy_on_bar", {"at": 1}, bars("AAPL", ["100", "101"]),
+                          capital=1000)
+    assert result.fills == []
+    assert result.orders[0].status is OrderStatus.CANCELED
+    assert result.orders[0].reason == "end_of_backtest"
+    assert result.final_equity == Decimal(1000)
+
+
+def test_several_symbols_are_merged_in_time_order_with_one_equity_point_per_time() -> None:
+    merged = list(merge_bars(bars("MSFT", ["50", "51", "52"]), bars("AAPL", ["100", "101", "102"])))
+    assert [(b.ts, b.symbol) for b in merged] == sorted((b.ts, b.symbol) for b in merged)
+    result = run_backtest("test_backtest_buy_on_bar", {"at": 0}, merged, capital=1000)
+    assert result.symbols == ("AAPL", "MSFT")
+    assert [(f.symbol, f.price) for f in result.fills] == [("AAPL", Decimal(101)), ("MSFT", Decimal(51))]
+    assert len(result.equity_curve) == 3
+    assert result.final_equity == Decimal(1000) + 1 + 1
+
+
+def test_bars_out_of_order_are_refused() -> None:
+    shuffled = list(reversed(bars("AAPL", ["100", "101"])))
+    with pytest.raises(Invalid) as exc:
+        run_backtest("test_backtest_buy_on_bar", {}, shuffled, capital=1000, symbols=["AAPL"])
+    assert exc.value.field == "bars"
+
+
+def test_risk_limits_reject_orders_with_a_reason() -> None:
+    result = run_backtest("test_backtest_buy_on_bar", {"quantity": 5}, bars("AAPL", ["100", "101"]),
+                          capital=1000, risk_limits=RiskLimits(max_position_per_symbol=Decimal(2)))
+    assert result.fills == []
+    assert result.orders[0].status is OrderStatus.REJECTED
+    assert result.rejections[0][2].startswith("max_position")
+
+
+def test_the_drawdown_kill_switch_halts_trading() -> None:
+    result = run_backtest("test_backtest_buy_on_bar", {"at": 0, "exit": 3, "quantity": 10},
+                          bars("AAPL", ["100", "100", "50", "50", "50"]), capital=1000,
+                          risk_limits=RiskLimits(max_drawdown_pct=Decimal(10)))
+    assert [kind for _, kind, _ in result.risk_events] == ["kill_switch"]
+    assert [f.side for f in result.fills] == [Side.BUY]  # the exit was refused: halted
+    assert result.orders[1].reason is not None and result.orders[1].reason.startswith("halted")
+
+
+def test_unknown_parameters_and_strategies_are_invalid() -> None:
+    with pytest.raises(Invalid):
+        run_backtest("sma_crossover", {"nope": 1}, bars("AAPL", ["100"]), capital=1000)
+    with pytest.raises(Invalid):
+        run_backtest("no_such_strategy", {}, bars("AAPL", ["100"]), capital=1000)
+    with pytest.raises(Invalid):
+        run_backtest("sma_crossover", {}, [], capital=1000)
