@@ -62,6 +62,7 @@ GATEWAY_SOURCE = "gateway"
 STORAGE_SOURCE = "postgres"
 API_LOOKBACK = timedelta(days=3)
 STRATEGY_PREFIX = "strategy-"
+TENANTS_TTL = 60.0
 
 
 class RuntimeSource(Protocol):
@@ -128,6 +129,7 @@ class Collector:
         self._publish, self._stop_bot, self._now = publish, stop_bot, now
         self._after_tick = after_tick
         self._streaks: dict[uuid.UUID, int] = {}
+        self._tenant_cache: tuple[float, dict[uuid.UUID, TenantInfo]] | None = None
         self.ticks = 0
         self.errors = 0
         self.runtime_errors = 0
@@ -146,7 +148,7 @@ class Collector:
         window_end = align(self._now(), self.interval)
         async with self._db.platform() as uow:
             last = await _last_window_end(uow.conn)
-            tenants = await _tenants(uow.conn)
+            tenants = await self._tenants(uow.conn)
             cursors = {r.key: r.cpu_seconds for r in await uow.conn.execute(text(
                 "SELECT key, cpu_seconds FROM platform.meter_cursors"))}
         if last is not None and window_end <= last:
@@ -154,6 +156,11 @@ class Collector:
         window_start = last if last is not None else window_end - self.interval
         try:
             procs = await self._source.processes({t.slug: t.id for t in tenants.values()})
+            if getattr(self._source, "unknown_tenants", None):  # a tenant newer than the cache
+                async with self._db.platform() as uow:
+                    self._tenant_cache = None
+                    tenants = await self._tenants(uow.conn)
+                procs = await self._source.processes({t.slug: t.id for t in tenants.values()})
             stats = await self._source.node_stats({p.node_id for p in procs}) if procs else {}
             runtime_ok = True
         except Exception as exc:  # no state API or dashboard: API calls and storage go on
@@ -186,6 +193,14 @@ class Collector:
         self.ticks += 1
         self.last_report = report
         return report
+
+    async def _tenants(self, conn: AsyncConnection) -> dict[uuid.UUID, TenantInfo]:
+        """Tenants and their plans, read again at most every `TENANTS_TTL` (a new tenant's
+        processes are then counted from their start: they were not alive at a reading)."""
+        now = time.monotonic()
+        if self._tenant_cache is None or now - self._tenant_cache[0] > TENANTS_TTL:
+            self._tenant_cache = (now, await _tenants(conn))
+        return self._tenant_cache[1]
 
     # -- the runtime quota watch -------------------------------------------------------------
 

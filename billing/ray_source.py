@@ -63,6 +63,8 @@ class RayRuntime:
         self._dashboard = dashboard_url
         self._timeout = timeout
         self._client: httpx.AsyncClient | None = None
+        self._headers: dict[str, str] | None = None
+        self.unknown_tenants: set[str] = set()  # tenant namespaces of the last reading not mapped
 
     def _address(self) -> str | None:
         if self._gcs is None:
@@ -84,12 +86,17 @@ class RayRuntime:
             log.error("the state API returned its limit of %d actors; some are not metered "
                       "(raise RAY_MAX_LIMIT_FROM_API_SERVER)", STATE_API_LIMIT)
         procs: list[Proc] = []
+        self.unknown_tenants = set()
         for actor in actors:
             namespace = actor.ray_namespace or ""
             if not namespace.startswith(TENANT_NAMESPACE_PREFIX) or not actor.pid:
                 continue
-            tenant = tenants.get(namespace[len(TENANT_NAMESPACE_PREFIX):])
-            if tenant is None or not actor.node_id:
+            slug = namespace[len(TENANT_NAMESPACE_PREFIX):]
+            tenant = tenants.get(slug)
+            if tenant is None:
+                self.unknown_tenants.add(slug)
+                continue
+            if not actor.node_id:
                 continue
             gpus = (actor.required_resources or {}).get("GPU", 0)
             procs.append(Proc(f"{actor.actor_id}:{actor.pid}", tenant,
@@ -108,10 +115,15 @@ class RayRuntime:
             self._client = httpx.AsyncClient(timeout=self._timeout)
         base = self._dashboard or await asyncio.to_thread(_dashboard_url, self._address())
         self._dashboard = base
-        headers = await asyncio.to_thread(_auth_headers)
+        if self._headers is None:
+            self._headers = await asyncio.to_thread(_auth_headers)
         stats: dict[tuple[str, int], ProcStat] = {}
         for node_id in sorted(node_ids):
-            response = await self._client.get(f"{base}/nodes/{node_id}", headers=headers)
+            response = await self._client.get(f"{base}/nodes/{node_id}", headers=self._headers)
+            if response.status_code == 401:  # the token changed: load it again, once
+                self._headers = await asyncio.to_thread(_auth_headers)
+                response = await self._client.get(f"{base}/nodes/{node_id}",
+                                                  headers=self._headers)
             response.raise_for_status()
             detail = (response.json().get("data") or {}).get("detail") or {}
             for worker in detail.get("workers") or []:
