@@ -31,6 +31,7 @@ class BuyOnBar(Strategy):
     """Buy `quantity` of every symbol on bar `at` (counted per symbol from 0); sell it on bar `exit`."""
 
     name = "test_backtest_buy_on_bar"
+    description = "buys on chosen bars (for the backtester's tests)"
     params = {"at": Param(int, 0), "exit": Param(int, -1), "quantity": Param(Decimal, Decimal(1))}
 
     def __init__(self, symbols: list[str], **params: object) -> None:
