@@ -19,14 +19,13 @@ from decimal import Decimal
 from typing import Any
 
 from trading.instruments import Bar
-from trading.orders import Fill, Order
+from trading.orders import Fill, Order, OrderStatus
 from trading.strategy import Strategy, get_strategy
 
 log = logging.getLogger(__name__)
 
 SendOrder = Callable[[Order, Decimal | None], Awaitable[dict[str, Any]]]
 CancelOrder = Callable[[str], Awaitable[dict[str, Any]]]
-OPEN_STATUSES = ("new", "accepted", "partially_filled")
 
 
 class BotContext:
@@ -145,6 +144,14 @@ class BotContext:
         self._cash = cash
 
 
+def _still_open(reply: dict[str, Any]) -> bool:
+    """Whether the order a reply describes can still fill (its status is not terminal)."""
+    try:
+        return not OrderStatus(str(reply.get("status"))).is_terminal
+    except ValueError:  # no status (an error reply): nothing is working
+        return False
+
+
 class StrategyRunner:
     """Feed bars to one bot's strategy and send its orders through risk."""
 
@@ -184,13 +191,13 @@ class StrategyRunner:
                 self.ctx.log(f"cancel of {cid} not sent: this runner cannot cancel")
                 continue
             reply = await self._cancel(cid)
-            if reply.get("status") not in OPEN_STATUSES:
+            if not _still_open(reply):
                 self.ctx.order_done(cid)
         sent = 0
         for order in self.ctx.take_pending():
             reply = await self._send(order, last)
             sent += 1
-            if reply.get("status") not in OPEN_STATUSES:
+            if not _still_open(reply):
                 self.ctx.order_done(order.client_order_id)
         return sent
 

@@ -44,8 +44,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing import ledger
-from billing.ledger import Sample
-from billing.meter import GB, Proc, ProcStat, TenantLoad, measure
+from billing.ledger import GB, Sample
+from billing.meter import Proc, ProcStat, TenantLoad, measure
 from tenancy import audit
 from tenancy.db import Database
 from tenancy.identifiers import tenant_schema
@@ -369,15 +369,6 @@ async def _storage_samples(conn: AsyncConnection, tenants: dict[uuid.UUID, Tenan
     return [Sample(by_schema[r.schema], "storage_gb_seconds", window_start, window_end,
                    STORAGE_SOURCE, Decimal(int(r.bytes)) / GB * seconds)
             for r in rows if r.bytes]
-
-
-async def tenant_storage_bytes(conn: AsyncConnection, slug: str) -> int:
-    """The size of one tenant schema now (tables, their indexes and TOAST)."""
-    row = (await conn.execute(text(
-        "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) AS bytes FROM pg_class c"
-        " JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = :s AND c.relkind IN ('r', 'm')"), {"s": tenant_schema(slug)})).one()
-    return int(row.bytes)
 
 
 # -- the Ray actor -----------------------------------------------------------------------------

@@ -23,14 +23,14 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from billing.ledger import LEDGER_LOCK, month_totals
+from billing.ledger import GB, LEDGER_LOCK, month_end, month_totals
 from billing.provider import BillingProvider, CustomerRef, InvoicePush, LinePush
 from billing.rating import Line, MonthUsage, Pricing, rate, total_cents
 from billing.render import InvoiceDoc
@@ -41,9 +41,6 @@ from tenancy.plans import get_plan
 from trading.errors import Conflict, Invalid, NotFound
 
 log = logging.getLogger(__name__)
-
-GB_BYTES = Decimal(1_000_000_000)
-
 
 def parse_month(value: str, *, field: str = "month") -> date:
     """'YYYY-MM' → the first day of that month; anything else is `Invalid` naming `field`."""
@@ -57,10 +54,6 @@ def parse_month(value: str, *, field: str = "month") -> date:
                       field=field) from None
 
 
-def month_end(period: date) -> date:
-    return (period.replace(day=28) + timedelta(days=4)).replace(day=1)
-
-
 def pricing(plan: Plan) -> Pricing:
     return Pricing(
         plan=plan.code, plan_name=plan.name, currency=plan.currency,
@@ -70,7 +63,7 @@ def pricing(plan: Plan) -> Pricing:
         else Decimal(plan.cpu_hours_included),
         cpu_hour_overage_cents=Decimal(plan.cpu_hour_overage_cents),
         storage_gb_included=None if plan.storage_bytes is None
-        else Decimal(plan.storage_bytes) / GB_BYTES,
+        else Decimal(plan.storage_bytes) / GB,
         storage_gb_month_overage_cents=Decimal(plan.storage_gb_month_overage_cents))
 
 

@@ -70,8 +70,16 @@ class IngestResult:
     rejected: list[tuple[Sample, str]] = field(default_factory=list)
 
 
+GB = Decimal(1_000_000_000)  # storage and memory meters count decimal gigabytes
+
+
 def month_of(ts: datetime | date) -> date:
     return date(ts.year, ts.month, 1)
+
+
+def month_end(period: date) -> date:
+    """The first day of the month after `period`'s."""
+    return (period.replace(day=28) + timedelta(days=4)).replace(day=1)
 
 
 def check(sample: Sample, now: datetime) -> str | None:
@@ -236,8 +244,7 @@ async def usage(conn: AsyncConnection, start: date, end: date, granularity: Gran
 async def month_totals(conn: AsyncConnection, tenant_id: uuid.UUID, period: date
                        ) -> dict[str, Decimal]:
     """A tenant's total per meter over one calendar month."""
-    end = (period.replace(day=28) + timedelta(days=4)).replace(day=1)
-    rows = await usage(conn, period, end, "month", tenant_id=tenant_id)
+    rows = await usage(conn, period, month_end(period), "month", tenant_id=tenant_id)
     return {r.meter: r.quantity for r in rows}
 
 

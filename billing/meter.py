@@ -33,9 +33,8 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Literal
 
-from billing.ledger import Sample
+from billing.ledger import GB, Sample
 
-GB = Decimal(1_000_000_000)
 MB_PER_GB = Decimal(1000)
 RUNTIME_SOURCE = "ray-runtime"
 

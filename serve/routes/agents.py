@@ -33,7 +33,7 @@ from serve.agent_hub import (
     parse_frame,
 )
 from serve.deps import AdminDep, Services, ServicesDep, TraderDep, ViewerDep, tenant_of
-from serve.routes.stream import authenticate_socket
+from serve.routes.stream import authenticate_socket, run_until_one_ends
 from serve.schemas import Request
 from tenancy.roles import Role
 from trading.errors import AtpError, Invalid
@@ -107,16 +107,9 @@ class _Session:
         pubsub = self.services.redis.pubsub()
         await pubsub.subscribe(command_channel(self.tenant_id, self.agent_id))
         await self.deliver_commands()
-        tasks = [asyncio.create_task(self.receive()), asyncio.create_task(self.beat()),
-                 asyncio.create_task(self.commands(pubsub))]
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            await run_until_one_ends(pubsub, self.receive(), self.beat(), self.commands(pubsub))
         finally:
-            for task in tasks:
-                task.cancel()
-            with contextlib.suppress(Exception):
-                await pubsub.unsubscribe()
-                await pubsub.aclose()
             with contextlib.suppress(Exception):
                 await self.store.disconnected(self.agent_id, connected_at)
 

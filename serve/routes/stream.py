@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Coroutine
+from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
@@ -49,6 +51,20 @@ async def authenticate_socket(ws: WebSocket, role: Role) -> Principal | None:
     return principal
 
 
+async def run_until_one_ends(pubsub: Any, *work: Coroutine[Any, Any, None]) -> None:
+    """Run a socket's loops until one ends (the client left, or an error); then cancel the
+    others and close the Redis subscription."""
+    tasks = [asyncio.create_task(w) for w in work]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await pubsub.unsubscribe()
+            await pubsub.aclose()
+
+
 @router.websocket("/v1/stream")
 async def stream(ws: WebSocket) -> None:
     services: Services = ws.app.state.services
@@ -81,14 +97,8 @@ async def stream(ws: WebSocket) -> None:
             while True:
                 await ws.receive_text()  # the client says nothing; this notices it leaving
 
-    tasks = [asyncio.create_task(forward()), asyncio.create_task(until_closed())]
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        await run_until_one_ends(pubsub, forward(), until_closed())
     finally:
-        for task in tasks:
-            task.cancel()
-        with contextlib.suppress(Exception):
-            await pubsub.unsubscribe()
-            await pubsub.aclose()
         with contextlib.suppress(Exception):
             await ws.close()
