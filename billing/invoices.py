@@ -161,8 +161,8 @@ async def _send(db: Database, provider: BillingProvider, invoice_id: uuid.UUID,
     async with db.platform() as uow:
         row = (await uow.conn.execute(text(
             "SELECT i.id, i.number, i.period, i.currency, i.total_cents, i.status,"
-            " i.provider_invoice_id, t.id AS tenant_id, t.slug, t.name, t.plan,"
-            " t.billing_customer_id, t.billing_subscription_id"
+            " i.provider_invoice_id, t.id AS tenant_id, t.slug, t.plan,"
+            " t.billing_subscription_id"
             " FROM platform.invoices i JOIN platform.tenants t ON t.id = i.tenant_id"
             " WHERE i.id = :id"), {"id": invoice_id})).one()
         lines = await _lines(uow.conn, invoice_id)
