@@ -171,7 +171,7 @@ async def _demo_usage(db: Database, key: str, url: str) -> None:
     import ray
 
     from billing.collector import COLLECTOR_NAME, COLLECTOR_NAMESPACE
-    from serve.demo import demo_usage
+    from serve.demo import demo_history_month, demo_usage
 
     try:  # one window now, so the figures include the run just made
         await ray.get_actor(COLLECTOR_NAME, namespace=COLLECTOR_NAMESPACE).tick.remote()
@@ -182,7 +182,12 @@ async def _demo_usage(db: Database, key: str, url: str) -> None:
               "15 s; Ray's reporter lags a few seconds):")
     for line in lines or ["nothing metered yet"]:
         out.print("  " + line)
-    out.print(f"  curl -s -H 'Authorization: Bearer {key}' '{url}/v1/usage?granularity=month'\n",
+    out.print(f"  curl -s -H 'Authorization: Bearer {key}' '{url}/v1/usage?granularity=month'",
+              soft_wrap=True)
+    month = demo_history_month()
+    out.print(f"Last month ({month:%Y-%m}) has seeded usage (source demo-history). Invoice it:\n"
+              f"  atp billing close-period --month {month:%Y-%m}\n"
+              f"  curl -s -H 'Authorization: Bearer {key}' {url}/v1/billing/invoices\n",
               soft_wrap=True)
 
 

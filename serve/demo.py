@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import text
@@ -38,6 +40,7 @@ async def ensure_demo_tenant(db: Database, master_key: bytes) -> DemoTenant:
     if tenant is None:
         created = await provision(db, master_key, name="Demo Trading Co", plan="professional",
                                   email=DEMO_EMAIL, slug=DEMO_SLUG, actor=DEMO_ACTOR)
+        await seed_demo_history(db, created.tenant.id)
         return DemoTenant(DEMO_SLUG, created.api_key, True, created.owner_password)
     async with db.platform() as uow:
         await uow.conn.execute(
@@ -125,3 +128,37 @@ async def demo_usage(db: Database, slug: str) -> list[str]:
         rows = await ledger.usage(uow.conn, start, end, "month", tenant_id=tenant.id)
     return [f"{r.meter:<22} {r.quantity:>16,.3f} {ledger.METERS[r.meter][0]:<6} "
             f"({r.samples} samples)" for r in rows]
+
+
+def demo_history_month(today: date | None = None) -> date:
+    """The month before this one: the demo tenant's seeded history, ready to be closed."""
+    first = (today or datetime.now(UTC).date()).replace(day=1)
+    return (first - timedelta(days=1)).replace(day=1)
+
+
+async def seed_demo_history(db: Database, tenant_id: Any) -> None:
+    """Give the new demo tenant last month's usage, labelled ``demo-history``, so that a
+    finished month can be closed into an invoice at once. Per day: 4,000 API calls, 40
+    CPU-hours, 12 GB stored — a little over the professional plan, so the invoice shows
+    overage lines. The tenant's creation is backdated to that month's first day."""
+    from billing import ledger
+    from billing.ledger import GB, Sample
+
+    month = demo_history_month()
+    start = datetime(month.year, month.month, 1, tzinfo=UTC)
+    days = (ledger.month_end(month) - month).days
+    samples = []
+    for d in range(days):
+        day = start + timedelta(days=d)
+        window = (day, day + timedelta(days=1))
+        samples += [Sample(tenant_id, "api_calls", *window, "demo-history", Decimal(4000)),
+                    Sample(tenant_id, "cpu_seconds", *window, "demo-history",
+                           Decimal(40 * 3600)),
+                    Sample(tenant_id, "storage_gb_seconds", *window, "demo-history",
+                           Decimal(12_000_000_000) / GB * 86400)]
+    async with db.platform() as uow:
+        await uow.conn.execute(text(
+            "UPDATE platform.tenants SET created_at = :c WHERE id = :t"),
+            {"c": start, "t": tenant_id})
+        await ledger.record(uow.conn, samples)
+        await uow.commit()

@@ -167,3 +167,20 @@ def _make_default(base_url: str, customer_id: str, pm_id: str) -> str:
 def pay_invoice(base_url: str, invoice_id: str) -> dict[str, Any]:
     """Ask localstripe to collect an invoice from the customer's default payment method."""
     return request(base_url, "POST", f"/v1/invoices/{invoice_id}/pay")
+
+
+def main() -> None:
+    """``python -m tests.stripe_emulator [PORT]``: the patched localstripe in the foreground,
+    for trying the Stripe provider by hand (docs/billing.md)."""
+    port = int(sys.argv[1]) if len(sys.argv) > 1 else 8420
+    emulator = LocalStripe(port).start()
+    print(f"localstripe on {emulator.url} (API key {API_KEY}); Ctrl-C stops it", flush=True)
+    try:
+        assert emulator.process is not None
+        emulator.process.wait()
+    except KeyboardInterrupt:
+        emulator.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -82,6 +82,7 @@ def test_demo_runs_on_embedded_servers_and_is_idempotent(tmp_path: Path) -> None
         assert re.search(r"demo-rsi-eth\s+running\s+fills", text), text
         # Its usage so far (no dashboard here, so no Ray runtime figures: storage only).
         assert re.search(r"storage_gb_seconds\s+[\d,.]+ GB-s", text), text
+        assert re.search(r"atp billing close-period --month \d{4}-\d{2}", text), text
         curl = next(line.strip() for line in text.splitlines() if line.strip().startswith("curl"))
         assert key in curl and f"127.0.0.1:{port}/v1/me" in curl
         me = httpx.get(f"http://127.0.0.1:{port}/v1/me",

@@ -264,3 +264,23 @@ async def test_a_webhook_with_a_bad_signature_is_400_and_changes_nothing(
                                  headers={"Stripe-Signature": "t=1,v1=00"})
         assert huge.status_code == 400 and huge.json()["error"]["code"] == "bad_payload"
         assert (await client.get("/v1/billing/invoices")).status_code == 401
+
+
+async def test_the_demo_tenant_has_a_finished_month_to_close(db: Database,
+                                                             settings: Settings) -> None:
+    from serve.demo import demo_history_month, ensure_demo_tenant
+
+    demo = await ensure_demo_tenant(db, settings.master_key_bytes)
+    assert demo.created
+    month = demo_history_month()
+    [mine] = [r for r in await close_period(db, NoopProvider(), month, actor="test")
+              if r.tenant == demo.slug]
+    async with db.platform() as uow:
+        row, lines, _ = await get_invoice(uow.conn, str(mine.invoice_id), None)
+    # professional: $199 base; the seeded month is over its calls, CPU-hours and storage
+    assert [line.kind for _, line in lines] == ["base", "api_calls", "cpu_hours", "storage"]
+    assert sum(line.amount_cents for _, line in lines) == row["total_cents"] > 19900
+    again = await ensure_demo_tenant(db, settings.master_key_bytes)  # a rerun seeds nothing
+    assert not again.created
+    assert [r.created for r in await close_period(db, NoopProvider(), month, actor="test")
+            if r.tenant == demo.slug] == [False]
