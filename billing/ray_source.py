@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 import psutil
 
+from actors.jobs import dashboard_url
 from billing.meter import Proc, ProcStat
 
 log = logging.getLogger(__name__)
@@ -45,13 +46,6 @@ def _auth_headers() -> dict[str, str]:
     )
 
     return dict(get_auth_headers_if_auth_enabled({}))
-
-
-def _dashboard_url(gcs_address: str | None) -> str:
-    from ray.dashboard.utils import ray_address_to_api_server_url
-
-    url: str = ray_address_to_api_server_url(gcs_address)
-    return url.rstrip("/")
 
 
 class RayRuntime:
@@ -113,7 +107,7 @@ class RayRuntime:
         """Every worker process the reporters know on these nodes, by (node, pid)."""
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self._timeout)
-        base = self._dashboard or await asyncio.to_thread(_dashboard_url, self._address())
+        base = self._dashboard or await asyncio.to_thread(dashboard_url, self._address())
         self._dashboard = base
         if self._headers is None:
             self._headers = await asyncio.to_thread(_auth_headers)

@@ -7,12 +7,13 @@ and quota → count the call.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 from redis.asyncio import Redis
 
+from actors.jobs import RayJobs
 from billing.provider import BillingProvider
 from serve.authcache import AuthCache
 from serve.limits import Limiter
@@ -38,6 +39,7 @@ class Services:
     flusher: UsageFlusher
     login_guard: LoginGuard
     provider: BillingProvider
+    jobs: RayJobs = field(default_factory=RayJobs)
 
 
 async def get_services(request: Request) -> Services:

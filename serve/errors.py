@@ -104,3 +104,19 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error: %s", type(exc).__name__)
         return JSONResponse(error_body("internal", "internal error"), status_code=500)
+
+
+async def bounded_body(request: Request, limit: int, what: str = "the body") -> bytes:
+    """The body, refused (400 ``bad_payload``) as soon as it exceeds `limit` bytes: never
+    read it all first. `what` names it in the message ("the event is too large")."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BadRequest(f"{what} is too large (limit {limit:,} bytes)", code="bad_payload", field="body")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(f"{what} is too large (limit {limit:,} bytes)", code="bad_payload",
+                             field="body")
+        chunks.append(chunk)
+    return b"".join(chunks)

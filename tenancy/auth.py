@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from tenancy.credentials import (
     api_key_matches,
     api_key_prefix,
+    issue_job_token,
     issue_jwt,
     verify_jwt,
     verify_password,
@@ -57,13 +58,14 @@ class TenantContext:
 class Principal:
     """Who is calling: `kind` says how they authenticated."""
 
-    kind: Literal["operator", "api_key", "user"]
+    kind: Literal["operator", "api_key", "user", "job"]
     actor: str
     tenant: TenantContext | None = None
     role: Role | None = None
     user_id: uuid.UUID | None = None
     api_key_id: uuid.UUID | None = None
     email: str | None = None
+    job_id: uuid.UUID | None = None
 
 
 OPERATOR = Principal(kind="operator", actor="operator")
@@ -139,6 +141,8 @@ class Authenticator:
 
     async def _jwt(self, conn: AsyncConnection, token: str) -> Principal:
         claims = verify_jwt(self._jwt_secret, token)
+        if claims.scope == "job":
+            return await self._job(conn, claims.user_id, claims.tenant_id)
         row = (await conn.execute(text(
             f"SELECT m.role, u.email, {_TENANT_FIELDS} FROM platform.memberships m"
             " JOIN platform.users u ON u.id = m.user_id"
@@ -155,6 +159,24 @@ class Authenticator:
         role = min(Role(row.role), claims.role, key=lambda r: r.rank)
         return Principal(kind="user", actor=f"user:{row.email}", tenant=tenant, role=role,
                          user_id=claims.user_id, email=row.email)
+
+    async def _job(self, conn: AsyncConnection, job_id: uuid.UUID, tenant_id: uuid.UUID
+                   ) -> Principal:
+        """A job token: the viewer role of its tenant while the tenant is active."""
+        row = (await conn.execute(text(
+            f"SELECT {_TENANT_FIELDS} FROM platform.tenants t"
+            " JOIN platform.plans p ON p.code = t.plan WHERE t.id = :t"), {"t": tenant_id})).first()
+        if row is None:
+            raise Unauthenticated("the token's tenant no longer exists", code="invalid_token")
+        tenant = TenantContext.from_row(row)
+        _check_status(tenant)
+        return Principal(kind="job", actor=f"job:{job_id}", tenant=tenant, role=Role.VIEWER,
+                         job_id=job_id)
+
+    def job_token(self, job_id: uuid.UUID, tenant_id: uuid.UUID, ttl_seconds: int) -> str:
+        """Sign a token for one of the tenant's jobs (see `tenancy.credentials.issue_job_token`)."""
+        return issue_job_token(self._jwt_secret, job_id=job_id, tenant_id=tenant_id,
+                               ttl_seconds=ttl_seconds)[0]
 
     async def login(self, conn: AsyncConnection, *, email: str, password: str,
                     tenant_slug: str | None) -> tuple[str, int, Principal]:

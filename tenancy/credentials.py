@@ -6,6 +6,9 @@
   of randomness, so a fast hash is safe here (a slow one would cost every request).
 * JWTs: HS256 with the settings secret, 15 minutes by default, claims tenant, role, user.
   Only HS256 is accepted (``alg: none`` and every other algorithm are refused).
+* Job tokens: JWTs with ``scope: job`` whose subject is one of the tenant's Ray jobs, the
+  viewer role, and a lifetime bounded by the job's: what a job gets instead of database
+  credentials (it may read the tenant's data and report its own results, nothing more).
 """
 
 from __future__ import annotations
@@ -94,6 +97,7 @@ class TokenClaims:
     tenant_id: uuid.UUID
     role: Role
     expires_at: int
+    scope: str = "user"  # "user": `user_id` is a user; "job": it is one of the tenant's jobs
 
 
 def issue_jwt(secret: str, *, user_id: uuid.UUID, tenant_id: uuid.UUID, role: Role,
@@ -108,6 +112,19 @@ def issue_jwt(secret: str, *, user_id: uuid.UUID, tenant_id: uuid.UUID, role: Ro
     return token, exp
 
 
+def issue_job_token(secret: str, *, job_id: uuid.UUID, tenant_id: uuid.UUID, ttl_seconds: int,
+                    now: float | None = None) -> tuple[str, int]:
+    """Sign a job token: the viewer role of `tenant_id`, for job `job_id`, `ttl_seconds` long."""
+    issued = int(now if now is not None else time.time())
+    exp = issued + ttl_seconds
+    token = jwt.encode(
+        {"iss": _JWT_ISSUER, "sub": str(job_id), "tenant": str(tenant_id),
+         "role": Role.VIEWER.value, "scope": "job", "iat": issued, "exp": exp,
+         "jti": secrets.token_hex(8)},
+        secret, algorithm=_JWT_ALGORITHM)
+    return token, exp
+
+
 def verify_jwt(secret: str, token: str) -> TokenClaims:
     """Check signature, algorithm, issuer and expiry; raise `Unauthenticated` otherwise."""
     try:
@@ -118,7 +135,10 @@ def verify_jwt(secret: str, token: str) -> TokenClaims:
     except jwt.PyJWTError:
         raise Unauthenticated("the token is not valid", code="invalid_token") from None
     try:
+        scope = claims.get("scope", "user")
+        if scope not in ("user", "job"):
+            raise ValueError(scope)
         return TokenClaims(uuid.UUID(claims["sub"]), uuid.UUID(claims["tenant"]),
-                           Role(claims["role"]), int(claims["exp"]))
+                           Role(claims["role"]), int(claims["exp"]), scope)
     except (KeyError, ValueError, TypeError):
         raise Unauthenticated("the token is not valid", code="invalid_token") from None

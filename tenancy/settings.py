@@ -87,6 +87,11 @@ class Settings(BaseSettings):
                                            description="heartbeats to and from local agents")
     billing_grace_days: float = Field(default=7.0, ge=0, le=365,
                                       description="past due this long → suspended")
+    internal_api_url: str | None = Field(
+        default=None, description="the gateway's URL as seen from Ray jobs (they report results "
+                                  "there); default: the URL the job was submitted through")
+    job_max_seconds: int = Field(default=6 * 3600, ge=60, le=7 * 86_400,
+                                 description="a job's token expires this long after submission")
 
     @field_validator("database_url")
     @classmethod

@@ -21,6 +21,7 @@ from billing import ledger
 from billing.payments import apply_event
 from billing.render import render_html, render_pdf
 from serve.deps import AdminDep, OperatorDep, ServicesDep, ViewerDep, tenant_of
+from serve.errors import bounded_body
 from tenancy.tenants import get_tenant
 from trading.errors import BadRequest, Invalid
 
@@ -140,24 +141,10 @@ async def get_invoice(invoice_id: str, principal: AdminDep, services: ServicesDe
 @router.post("/billing/stripe/webhook")
 async def stripe_webhook(request: Request, services: ServicesDep) -> dict[str, Any]:
     """Payment events from Stripe, verified by their signature (400 otherwise)."""
-    payload = await _bounded_body(request, MAX_WEBHOOK_BYTES)
+    payload = await bounded_body(request, MAX_WEBHOOK_BYTES, "the event")
     try:
         event = services.provider.parse_webhook(payload, request.headers.get("stripe-signature"))
     except Invalid as exc:
         raise BadRequest(exc.message, code=exc.code, field=exc.field) from None
     outcome = await apply_event(services.db, event)  # status changes notify the auth caches
     return {"received": True, "applied": outcome.applied, "type": event.raw_type}
-
-
-async def _bounded_body(request: Request, limit: int) -> bytes:
-    """The body, refused (400) as soon as it exceeds `limit` bytes: never read it all first."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BadRequest("the event is too large", code="bad_payload", field="body")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BadRequest("the event is too large", code="bad_payload", field="body")
-        chunks.append(chunk)
-    return b"".join(chunks)

@@ -124,10 +124,10 @@ async def test_a_tenant_jobs_driver_is_metered_and_token_auth_is_on(
     import httpx
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    from billing.ray_source import _dashboard_url
+    from actors.jobs import dashboard_url
 
     t = (await make_tenant()).tenant
-    url = _dashboard_url(ray.get_runtime_context().gcs_address)
+    url = dashboard_url(ray.get_runtime_context().gcs_address)
     node = ray.get_runtime_context().get_node_id()
     async with httpx.AsyncClient() as client:  # Ray 2.60's token auth is on in this cluster
         assert (await client.get(f"{url}/nodes/{node}")).status_code == 401

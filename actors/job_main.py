@@ -1,0 +1,322 @@
+"""The driver of a platform Ray job: one backtest, or one Tune search, reported to the API.
+
+The gateway submits ``python -m actors.job_main`` as a Ray job whose working directory
+holds ``atp_job.json`` (the validated request) and, for an uploaded strategy package, its
+modules. The job gets no database credentials: ``ATP_API_URL`` and a short-lived job token
+``ATP_JOB_TOKEN`` (viewer role of its tenant) let it read market data and post its events
+to ``POST /v1/jobs/{id}/events``: ``started``, ``progress``, ``trial``, then ``backtest`` or
+``optimization`` with the result, or ``failed`` with the reason. A job that dies without a
+word is marked failed by the gateway from Ray's job status and its last log lines.
+
+A Tune search runs its trials as Ray actors in the tenant's namespace (the driver connects
+with ``ray.init(namespace=...)``: actors created by a job live in its namespace), each
+reserving ``cpus_per_trial`` and at most ``concurrency`` at once, so admission and metering
+see them as the tenant's. Trials backtest the in-sample period; the best parameters are
+then backtested once on the out-of-sample period, which no trial saw.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from trading.backtest import BacktestResult, default_instrument, run_backtest
+from trading.data import SyntheticSource
+from trading.errors import Invalid
+from trading.instruments import Bar, Instrument
+from trading.metrics import compute_metrics
+from trading.research import (
+    MAX_STORED_TRADES,
+    SearchSpace,
+    fill_to_json,
+    metrics_to_json,
+    objective_value,
+    thin_curve,
+)
+from trading.strategy import Strategy, get_strategy, register, strategies
+
+CONFIG_FILE = "atp_job.json"
+PROGRESS_SECONDS = 2.0
+PAGE = 5000
+TRACE_LINES = 20
+
+
+class Reporter:
+    """Talks to the platform API as the job (its token), retrying transient failures."""
+
+    def __init__(self, url: str, token: str, job_id: str) -> None:
+        self._client = httpx.Client(base_url=url.rstrip("/"), timeout=60,
+                                    headers={"Authorization": f"Bearer {token}"})
+        self._job_id = job_id
+
+    def send(self, event: Mapping[str, Any]) -> None:
+        self._call("POST", f"/v1/jobs/{self._job_id}/events", json=event)
+
+    def get(self, path: str, params: Mapping[str, Any]) -> Any:
+        return self._call("GET", path, params=dict(params)).json()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        for attempt in range(5):
+            try:
+                response = self._client.request(method, path, **kwargs)
+            except httpx.TransportError:
+                if attempt == 4:
+                    raise
+            else:
+                if response.status_code < 500 and response.status_code not in (404, 429):
+                    if response.status_code >= 400:
+                        raise RuntimeError(f"{method} {path} answered {response.status_code}: "
+                                           f"{response.text[:500]}")
+                    return response
+                if attempt == 4:
+                    response.raise_for_status()
+            time.sleep(0.5 * 2 ** attempt)
+        raise AssertionError("unreachable")
+
+
+def load_package(config: Mapping[str, Any]) -> None:
+    """Import the package's strategy modules (from the working directory) and register them."""
+    found = config.get("package_strategies") or []
+    if not found:
+        return
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for item in found:
+        module = importlib.import_module(item["module"])
+        cls = getattr(module, item["class_name"], None)
+        if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+            raise Invalid(f"{item['module']}.{item['class_name']} is not a Strategy subclass once "
+                          "imported", field="strategy")
+        if strategies().get(cls.name) is not cls:
+            register(cls)
+
+
+def _ts(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+def _instruments(config: Mapping[str, Any], reporter: Reporter | None) -> dict[str, Instrument]:
+    symbols = config["symbols"]
+    known = {s: default_instrument(s) for s in symbols}
+    if config["data"]["source"] == "market" and reporter is not None:
+        for row in reporter.get("/v1/market/instruments", {}):
+            if row["symbol"] in known:
+                known[row["symbol"]] = Instrument(row["symbol"], Decimal(row["tick_size"]),
+                                                  Decimal(row["lot_size"]), Decimal(row["min_notional"]))
+    return known
+
+
+def load_bars(config: Mapping[str, Any], start: datetime, end: datetime,
+              reporter: Reporter | None) -> list[Bar]:
+    """The bars of the request's symbols in [start, end), in (ts, symbol) order."""
+    data, symbols = config["data"], sorted(config["symbols"])
+    if data["source"] == "synthetic":
+        source = SyntheticSource(seed=int(data["seed"]),
+                                 interval=timedelta(seconds=int(data["interval_seconds"])))
+        return list(source.bars(symbols, start, end))
+    if reporter is None:
+        raise Invalid("market data needs the platform API", field="data.source")
+    bars: list[Bar] = []
+    for symbol in symbols:
+        since = start
+        while since < end:
+            page = reporter.get("/v1/market/bars", {"symbol": symbol, "start": since.isoformat(),
+                                                    "end": end.isoformat(), "limit": PAGE})
+            bars.extend(Bar(symbol, _ts(b["ts"]), Decimal(b["open"]), Decimal(b["high"]),
+                            Decimal(b["low"]), Decimal(b["close"]), Decimal(b["volume"])) for b in page)
+            if len(page) < PAGE:
+                break
+            since = _ts(page[-1]["ts"]) + timedelta(microseconds=1)
+    if not bars:
+        raise Invalid(f"the platform holds no bars of {', '.join(symbols)} between {start.isoformat()} "
+                      f"and {end.isoformat()}", field="data")
+    bars.sort(key=lambda b: (b.ts, b.symbol))
+    return bars
+
+
+def _counted(bars: list[Bar], on_progress: Callable[[int], None]) -> Iterator[Bar]:
+    next_at = time.monotonic() + PROGRESS_SECONDS
+    for i, bar in enumerate(bars):
+        if i & 4095 == 0 and time.monotonic() >= next_at:
+            on_progress(i)
+            next_at = time.monotonic() + PROGRESS_SECONDS
+        yield bar
+
+
+def backtest(config: Mapping[str, Any], params: Mapping[str, Any], bars: Iterable[Bar],
+             instruments: Mapping[str, Instrument]) -> BacktestResult:
+    return run_backtest(config["strategy"], params, bars, capital=config["capital"],
+                        fee_bps=config["fee_bps"], slippage_bps=config["slippage_bps"],
+                        symbols=sorted(config["symbols"]), instruments=instruments)
+
+
+def evaluate(config: Mapping[str, Any], result: BacktestResult) -> dict[str, Any]:
+    """Metrics (JSON) and the objective of one backtest; metrics None when too short to judge."""
+    if len(result.equity_curve) < 2:
+        return {"metrics": None, "objective": None}
+    metrics = compute_metrics(result.equity_curve, result.fills, capital=result.capital)
+    objective = config.get("objective")
+    value = objective_value(metrics, objective, config.get("max_drawdown")) if objective else None
+    return {"metrics": metrics_to_json(metrics), "objective": value}
+
+
+def run_backtest_job(config: Mapping[str, Any], reporter: Reporter) -> None:
+    start, end = _ts(config["from"]), _ts(config["to"])
+    get_strategy(config["strategy"])(sorted(config["symbols"]), **config["params"])  # Invalid early
+    bars = load_bars(config, start, end, reporter)
+    total = len(bars)
+    reporter.send({"type": "progress", "fraction": 0.0, "bars": 0})
+    result = backtest(config, config["params"], _counted(
+        bars, lambda n: reporter.send({"type": "progress", "fraction": n / total, "bars": n})),
+        _instruments(config, reporter))
+    judged = evaluate(config, result)
+    reporter.send({
+        "type": "backtest", "bars": total, "params": {k: _plain(v) for k, v in result.params.items()},
+        "metrics": judged["metrics"], "final_equity": str(result.final_equity),
+        "trade_count": len(result.fills),
+        "trades": [fill_to_json(f) for f in result.fills[:MAX_STORED_TRADES]],
+        "equity_curve": [[t.isoformat(), str(v)] for t, v in thin_curve(result.equity_curve)],
+    })
+
+
+def _plain(value: Any) -> Any:
+    return str(value) if isinstance(value, Decimal) else value
+
+
+def _tune_space(space: SearchSpace) -> dict[str, Any]:
+    from ray import tune
+
+    out: dict[str, Any] = {}
+    for d in space.dimensions:
+        if d.type == "int":
+            out[d.name] = tune.randint(int(d.low), int(d.high) + 1)
+        elif d.type == "float":
+            out[d.name] = tune.uniform(float(d.low), float(d.high))
+        else:
+            out[d.name] = tune.choice([_plain(v) for v in d.values])
+    return out
+
+
+def _trial(params: dict[str, Any], *, bars: list[Bar], config: dict[str, Any]) -> None:
+    """One Tune trial: backtest the in-sample bars with `params` (over the fixed ones)."""
+    from ray import tune
+
+    load_package(config)
+    merged = {**config["fixed_params"], **params}
+    try:
+        instruments = {k: Instrument(**v) for k, v in config["instruments"].items()}
+        judged = evaluate(config, backtest(config, merged, bars, instruments))
+    except Invalid as exc:
+        tune.report({"objective": -math.inf, "status": "failed", "error": exc.message})
+        return
+    value = judged["objective"]
+    tune.report({"objective": -math.inf if value is None else value,
+                 "status": "succeeded" if value is not None else "infeasible",
+                 "metrics_json": json.dumps(judged["metrics"])})
+
+
+def run_optimization_job(config: dict[str, Any], reporter: Reporter) -> None:
+    import ray
+    from ray import tune
+
+    start, split, end = _ts(config["from"]), _ts(config["split_at"]), _ts(config["to"])
+    cls = get_strategy(config["strategy"])
+    space = SearchSpace.parse(config["search_space"], cls.params, fixed=config["fixed_params"])
+    bars = load_bars(config, start, end, reporter)
+    instruments = _instruments(config, reporter)
+    config = {**config, "instruments": {k: {"symbol": i.symbol, "tick_size": i.tick_size,
+                                            "lot_size": i.lot_size, "min_notional": i.min_notional}
+                                        for k, i in instruments.items()}}
+    in_sample = [b for b in bars if b.ts < split]
+    out_of_sample = [b for b in bars if b.ts >= split]
+    if not in_sample or not out_of_sample:
+        raise Invalid("the data has no bars on one side of the in-sample split", field="in_sample")
+    ray.init(namespace=config["namespace"], log_to_driver=False)
+    done = [0]
+
+    class Progress(tune.Callback):
+        def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            self._report(trial, trial.last_result or {})
+
+        def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            self._report(trial, {"status": "failed", "error": "the trial's process failed"})
+
+        def _report(self, trial: Any, result: Mapping[str, Any]) -> None:
+            done[0] += 1
+            metrics = result.get("metrics_json")
+            value = result.get("objective")
+            reporter.send({"type": "trial", "number": done[0],
+                           "params": {k: _plain(v) for k, v in trial.config.items()},
+                           "status": result.get("status", "failed"),
+                           "objective": value if isinstance(value, float) and math.isfinite(value) else None,
+                           "metrics": json.loads(metrics) if metrics else None,
+                           "error": result.get("error")})
+
+    resources = {"cpu": float(config["cpus_per_trial"]), "memory": int(config["memory_per_trial"])}
+    trainable = tune.with_resources(tune.with_parameters(_trial, bars=in_sample, config=config), resources)
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    with tempfile.TemporaryDirectory(prefix="atp-tune-") as storage:
+        tuner = tune.Tuner(
+            trainable, param_space=_tune_space(space),
+            tune_config=tune.TuneConfig(
+                num_samples=int(config["num_trials"]), max_concurrent_trials=int(config["concurrency"]),
+                search_alg=BasicVariantGenerator(random_state=int(config.get("seed", 0)))),
+            run_config=tune.RunConfig(storage_path=storage, name="search", verbose=0,
+                                      callbacks=[Progress()]))
+        grid = tuner.fit()
+        results = [grid[i] for i in range(len(grid))]
+        ranked: list[tuple[float, dict[str, Any], dict[str, Any]]] = [
+            (float(r.metrics["objective"]), dict(r.config or {}), r.metrics) for r in results
+            if r.metrics and r.metrics.get("status") == "succeeded"]
+    if not ranked:
+        raise Invalid("no trial met the objective (every trial failed, broke the drawdown cap, "
+                      "or had an undefined ratio)", field="objective")
+    best_value, best_config, best_metrics = max(ranked, key=lambda r: r[0])
+    best = {**config["fixed_params"], **best_config}
+    oos = evaluate(config, backtest(config, best, out_of_sample, instruments))
+    reporter.send({"type": "optimization", "best_params": {k: _plain(v) for k, v in best.items()},
+                   "in_sample": {"objective": best_value,
+                                 "metrics": json.loads(best_metrics["metrics_json"])},
+                   "out_of_sample": oos})
+
+
+def main() -> int:
+    config = json.loads(Path(CONFIG_FILE).read_text())
+    reporter = Reporter(os.environ["ATP_API_URL"], os.environ["ATP_JOB_TOKEN"], config["job_id"])
+    try:
+        load_package(config)
+        reporter.send({"type": "started"})
+        if config["kind"] == "backtest":
+            run_backtest_job(config, reporter)
+        else:
+            run_optimization_job(config, reporter)
+    except Invalid as exc:
+        print(f"job failed: {exc.message}", file=sys.stderr, flush=True)
+        reporter.send({"type": "failed", "message": exc.message, "field": exc.field})
+        return 1
+    except Exception as exc:  # tenant code may raise anything: report it, then fail the job
+        trace = traceback.format_exc()
+        print(trace, file=sys.stderr, flush=True)
+        tail = "\n".join(trace.strip().splitlines()[-TRACE_LINES:])
+        reporter.send({"type": "failed", "message": f"{type(exc).__name__}: {exc}\n{tail}"[-6000:]})
+        return 1
+    print("job finished", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""Backtests, Tune optimisations and custom strategy packages as real Ray jobs, over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+import zipfile
+from typing import Any
+
+import httpx
+import pytest
+
+from tenancy.db import Database
+from tests.conftest import TenantFactory
+from tests.e2e.test_gateway import assert_error, bearer
+
+pytestmark = pytest.mark.timeout(600)
+
+RUN = {"strategy": "sma_crossover", "symbols": ["AAPL"], "from": "2024-01-01T00:00:00Z",
+       "to": "2024-01-04T00:00:00Z", "data": {"source": "synthetic", "seed": 7, "interval": "5m"},
+       "params": {"fast": 5, "slow": 20}, "capital": "100000", "fee_bps": 5,
+       "resources": {"num_cpus": 0.25, "memory_mb": 512}}
+
+CUSTOM = '''
+from decimal import Decimal
+from trading.strategy import Param, Strategy
+
+
+class Momentum(Strategy):
+    name = "my_momentum"
+    description = "Buy after `lookback` rising closes, sell after as many falling ones."
+    params = {"lookback": Param(int, 3, min=1, max=50), "quantity": Param(Decimal, Decimal(1))}
+
+    @property
+    def warmup(self):
+        return self.p.lookback + 1
+
+    def on_bar(self, ctx, bar):
+        bars = ctx.history(bar.symbol, self.warmup)
+        if len(bars) < self.warmup or ctx.open_orders(bar.symbol):
+            return
+        closes = [b.close for b in bars]
+        rising = all(a < b for a, b in zip(closes, closes[1:]))
+        falling = all(a > b for a, b in zip(closes, closes[1:]))
+        held = ctx.position(bar.symbol)
+        if rising and held <= 0:
+            ctx.buy(bar.symbol, self.p.quantity)
+        elif falling and held > 0:
+            ctx.sell(bar.symbol, held)
+'''
+
+CRASHING = '''
+from trading.strategy import Strategy
+
+
+class Crashing(Strategy):
+    name = "crashing"
+
+    def on_bar(self, ctx, bar):
+        raise ZeroDivisionError("tenant code blew up on purpose")
+'''
+
+
+async def _poll(http: httpx.AsyncClient, path: str, headers: dict[str, str], timeout: float = 240
+                ) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        r = await http.get(path, headers=headers)
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        if body["status"] in ("succeeded", "failed", "stopped"):
+            return body
+        assert time.monotonic() < deadline, body
+        await asyncio.sleep(1.0)
+
+
+async def _trader(http: httpx.AsyncClient, make_tenant: TenantFactory, plan: str = "unmetered"
+                  ) -> dict[str, str]:
+    created = await make_tenant(plan=plan)
+    owner = bearer(created.api_key)
+    r = await http.post("/v1/api-keys", json={"name": "t", "role": "trader"}, headers=owner)
+    assert r.status_code == 201, r.text
+    return bearer(r.json()["key"])
+
+
+async def test_backtest_over_http_runs_as_a_ray_job_and_reports(
+        http: httpx.AsyncClient, make_tenant: TenantFactory) -> None:
+    trader = await _trader(http, make_tenant)
+    r = await http.post("/v1/backtests", json=RUN, headers=trader)
+    assert r.status_code == 202, r.text
+    created = r.json()
+    assert created["status"] in ("queued", "running") and created["params"]["slow"] == 20
+    done = await _poll(http, f"/v1/backtests/{created['id']}", trader)
+    assert done["status"] == "succeeded", done
+    assert done["progress"] == 1 and done["bars"] == 864  # 3 days of 5-minute bars
+    assert done["trade_count"] > 0 and done["metrics"]["max_drawdown"] >= 0
+    assert len(done["equity_curve"]) == 864
+
+    # The job is the tenant's, finished, and its driver log is readable.
+    job = (await http.get(f"/v1/jobs/{done['job_id']}", headers=trader)).json()
+    assert job["status"] == "succeeded" and job["kind"] == "backtest" and job["backtest_id"] == done["id"]
+    logs = await http.get(f"/v1/jobs/{done['job_id']}/logs", headers=trader)
+    assert logs.status_code == 200 and "job finished" in logs.text
+
+    # Same data, same engine here: the stored trades are the ones the engine makes.
+    from datetime import UTC, datetime, timedelta
+
+    from trading.backtest import run_backtest
+    from trading.data import SyntheticSource
+
+    bars = SyntheticSource(seed=7, interval=timedelta(minutes=5)).bars(
+        ["AAPL"], datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 4, tzinfo=UTC))
+    local = run_backtest("sma_crossover", RUN["params"], bars, capital=100000, fee_bps=5)
+    detail = (await http.get(f"/v1/backtests/{done['id']}?trades=true", headers=trader)).json()
+    assert [(t["side"], t["price"]) for t in detail["trades"]] == \
+        [(f.side.value, str(f.price)) for f in local.fills]
+    assert done["final_equity"] == str(local.final_equity)
+
+    report = await http.get(f"/v1/backtests/{done['id']}/report", headers=trader)
+    assert report.status_code == 200 and report.headers["content-type"].startswith("text/html")
+    assert "<svg" in report.text and "Drawdown" in report.text and "sma_crossover" in report.text
+
+    listed = (await http.get("/v1/backtests", headers=trader)).json()
+    assert [b["id"] for b in listed] == [done["id"]]
+
+
+async def test_bad_backtests_are_refused_before_anything_runs(
+        http: httpx.AsyncClient, make_tenant: TenantFactory) -> None:
+    trader = await _trader(http, make_tenant)
+    bad = [({**RUN, "params": {"fast": "ten"}}, "params.fast"),
+           ({**RUN, "params": {"fast": 30, "slow": 20}}, "params.fast"),
+           ({**RUN, "strategy": "nope"}, "strategy"),
+           ({**RUN, "to": "2023-01-01T00:00:00Z"}, "to"),
+           ({**RUN, "data": {"source": "synthetic", "interval": "1m"}, "to": "2030-01-01T00:00:00Z"}, "to"),
+           ({**RUN, "resources": {"num_cpus": -1}}, "resources.num_cpus"),
+           ({**RUN, "tenant_id": "x"}, "tenant_id")]
+    for body, field in bad:
+        r = await http.post("/v1/backtests", json=body, headers=trader)
+        assert_error(r, 422, "invalid", field=field)
+    assert (await http.get("/v1/jobs", headers=trader)).json() == []
+
+
+async def test_a_job_over_the_plan_is_refused_with_quota_exceeded(
+        http: httpx.AsyncClient, make_tenant: TenantFactory) -> None:
+    trader = await _trader(http, make_tenant, plan="starter")  # 1 CPU, 2 GiB
+    r = await http.post("/v1/backtests", json={**RUN, "resources": {"num_cpus": 2}}, headers=trader)
+    assert_error(r, 403, "quota_exceeded", field="cpu")
+    r = await http.post("/v1/optimizations", headers=trader, json={
+        **RUN, "params": {}, "search_space": {"fast": {"type": "int", "low": 2, "high": 8}}, "concurrency": 4,
+        "cpus_per_trial": 0.5})
+    assert_error(r, 403, "quota_exceeded", field="cpu")
+    assert (await http.get("/v1/jobs", headers=trader)).json() == []
+
+
+async def test_optimization_with_tune_splits_in_and_out_of_sample_and_applies_to_a_bot(
+        http: httpx.AsyncClient, db: Database, make_tenant: TenantFactory) -> None:
+    trader = await _trader(http, make_tenant)
+    body = {**RUN, "params": {"quantity": 2}, "to": "2024-01-08T00:00:00Z",
+            "search_space": {"fast": {"type": "int", "low": 3, "high": 8},
+                             "slow": {"type": "choice", "values": [20, 30, 40]}},
+            "objective": "return", "in_sample": 0.7, "num_trials": 4, "concurrency": 2,
+            "cpus_per_trial": 0.25, "memory_per_trial_mb": 256, "seed": 3}
+    r = await http.post("/v1/optimizations", json=body, headers=trader)
+    assert r.status_code == 202, r.text
+    created = r.json()
+    assert created["split_at"].startswith("2024-01-05T19:12")  # 70 % of 7 days
+    assert created["fixed_params"] == {"quantity": "2", "allow_short": False}
+    done = await _poll(http, f"/v1/optimizations/{created['id']}", trader, timeout=400)
+    assert done["status"] == "succeeded", done
+    assert done["trials_done"] == 4 and len(done["trials"]) == 4
+    assert all(3 <= t["params"]["fast"] <= 8 and t["params"]["slow"] in (20, 30, 40) for t in done["trials"])
+    best = max((t for t in done["trials"] if t["status"] == "succeeded"), key=lambda t: t["objective"])
+    assert done["best_params"]["fast"] == best["params"]["fast"]
+    assert done["best_params"]["quantity"] == "2"
+    assert done["in_sample"]["objective"] == pytest.approx(best["objective"])
+    assert done["out_of_sample"]["metrics"] is not None  # judged on bars no trial saw
+
+    r = await http.post("/v1/bots", headers=trader, json={
+        "name": "tuned", "strategy": "sma_crossover", "symbols": ["AAPL"], "capital": "1000"})
+    bot = r.json()
+    r = await http.post(f"/v1/optimizations/{done['id']}/apply", json={"bot_id": bot["id"]}, headers=trader)
+    assert r.status_code == 200, r.text
+    assert r.json()["params"]["fast"] == best["params"]["fast"]
+    assert r.json()["params"]["slow"] == best["params"]["slow"]
+
+
+async def test_bad_search_spaces_are_refused(http: httpx.AsyncClient, make_tenant: TenantFactory) -> None:
+    trader = await _trader(http, make_tenant)
+    cases = [({"fast": {"type": "int", "low": 3, "high": 5}, "nope": {}}, "search_space.nope"),
+             ({"nope": {"type": "int", "low": 1, "high": 2}}, "search_space.nope"),
+             ({"fast": {"type": "float", "low": 1, "high": 2}}, "search_space.fast.type"),
+             ({"fast": {"type": "int", "low": 0, "high": 5}}, "search_space.fast.low"),
+             ({"fast": {"type": "int", "low": 9, "high": 5}}, "search_space.fast.low"),
+             ({"allow_short": {"type": "choice", "values": [1]}}, "search_space.allow_short.values")]
+    for space, field in cases:
+        r = await http.post("/v1/optimizations", json={**RUN, "params": {}, "search_space": space},
+                            headers=trader)
+        assert_error(r, 422, "invalid", field=field)
+
+
+async def test_uploads_are_checked_without_running_them(
+        http: httpx.AsyncClient, make_tenant: TenantFactory) -> None:
+    trader = await _trader(http, make_tenant)
+    put = "/v1/strategy-packages/{}?filename={}"
+    r = await http.put(put.format("broken", "broken.py"), content=b"class X(:\n", headers=trader)
+    assert_error(r, 422, "invalid", field="file")
+    assert "line 1" in r.json()["error"]["message"]
+    r = await http.put(put.format("none", "none.py"), content=b"class X:\n    pass\n", headers=trader)
+    assert_error(r, 422, "invalid", field="file")
+    r = await http.put(put.format("shadow", "s.py"), headers=trader,
+                       content=b"from trading.strategy import Strategy\nclass S(Strategy):\n"
+                               b"    name = 'sma_crossover'\n")
+    assert_error(r, 422, "invalid", field="file")
+    r = await http.put(put.format("big", "big.py"), content=b"#" * (1024 * 1024 + 1), headers=trader)
+    assert_error(r, 400, "bad_payload", field="body")
+    evil = io.BytesIO()
+    with zipfile.ZipFile(evil, "w") as archive:
+        archive.writestr("../escape.py", CUSTOM)
+    r = await http.put(put.format("evil", "evil.zip"), content=evil.getvalue(), headers=trader)
+    assert_error(r, 422, "invalid", field="file")
+    assert (await http.get("/v1/strategy-packages", headers=trader)).json() == []
+
+
+async def test_custom_strategy_package_runs_as_a_job_and_a_crash_fails_with_its_log(
+        http: httpx.AsyncClient, make_tenant: TenantFactory) -> None:
+    trader = await _trader(http, make_tenant)
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w") as archive:
+        archive.writestr("mine/__init__.py", "")
+        archive.writestr("mine/momentum.py", CUSTOM)
+    r = await http.put("/v1/strategy-packages/mine?filename=mine.zip", content=zipped.getvalue(),
+                       headers=trader)
+    assert r.status_code == 200, r.text
+    assert r.json()["strategies"] == [{"module": "mine.momentum", "class_name": "Momentum",
+                                       "name": "my_momentum"}]
+
+    job_body = {**RUN, "kind": "backtest", "package": "mine", "strategy": "my_momentum",
+                "params": {"lookback": 4}}
+    r = await http.post("/v1/jobs", json=job_body, headers=trader)
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["package"] == "mine" and job["submission_id"] == f"atp-{job['id']}"
+    done = await _poll(http, f"/v1/jobs/{job['id']}", trader)
+    assert done["status"] == "succeeded", done
+    result = (await http.get(f"/v1/backtests/{done['backtest_id']}", headers=trader)).json()
+    assert result["strategy"] == "my_momentum" and result["params"] == {"lookback": 4, "quantity": "1"}
+    assert result["trade_count"] > 0
+
+    # A parameter outside its declared type: the job refuses it and says why.
+    r = await http.post("/v1/jobs", json={**job_body, "params": {"lookback": "many"}}, headers=trader)
+    failed = await _poll(http, f"/v1/jobs/{r.json()['id']}", trader)
+    assert failed["status"] == "failed" and "params.lookback" in failed["message"]
+
+    r = await http.put("/v1/strategy-packages/crash?filename=crash.py", content=CRASHING.encode(),
+                       headers=trader)
+    assert r.status_code == 200, r.text
+    r = await http.post("/v1/jobs", headers=trader,
+                        json={**job_body, "package": "crash", "strategy": "crashing", "params": {}})
+    crashed = await _poll(http, f"/v1/jobs/{r.json()['id']}", trader)
+    assert crashed["status"] == "failed"
+    assert "ZeroDivisionError: tenant code blew up on purpose" in crashed["message"]
+    assert 'in on_bar' in crashed["message"]  # the last lines of the traceback
+    r = await http.post(f"/v1/jobs/{crashed['id']}/stop", headers=trader)
+    assert_error(r, 409, "job_finished")
+
+
+async def test_job_events_need_the_jobs_own_token(
+        http: httpx.AsyncClient, make_tenant: TenantFactory) -> None:
+    trader = await _trader(http, make_tenant)
+    r = await http.post("/v1/backtests", json=RUN, headers=trader)
+    job_id = r.json()["job_id"]
+    r = await http.post(f"/v1/jobs/{job_id}/events", json={"type": "failed", "message": "x"},
+                        headers=trader)
+    assert_error(r, 403, "job_token_required")
+    await _poll(http, f"/v1/jobs/{job_id}", trader)
