@@ -58,9 +58,18 @@ class Reporter:
     """Talks to the platform API as the job (its token), retrying transient failures."""
 
     def __init__(self, url: str, token: str, job_id: str) -> None:
-        self._client = httpx.Client(base_url=url.rstrip("/"), timeout=60,
-                                    headers={"Authorization": f"Bearer {token}"})
-        self._job_id = job_id
+        self._url, self._token, self._job_id = url.rstrip("/"), token, job_id
+        self._http: httpx.Client | None = None
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks: leave the client
+        return {**self.__dict__, "_http": None}
+
+    @property
+    def _client(self) -> httpx.Client:
+        if self._http is None:
+            self._http = httpx.Client(base_url=self._url, timeout=60,
+                                      headers={"Authorization": f"Bearer {self._token}"})
+        return self._http
 
     def send(self, event: Mapping[str, Any]) -> None:
         self._call("POST", f"/v1/jobs/{self._job_id}/events", json=event)

@@ -75,13 +75,27 @@ async def _poll(http: httpx.AsyncClient, path: str, headers: dict[str, str], tim
         await asyncio.sleep(1.0)
 
 
-async def _trader(http: httpx.AsyncClient, make_tenant: TenantFactory, plan: str = "unmetered"
-                  ) -> dict[str, str]:
+async def _tenant(http: httpx.AsyncClient, make_tenant: TenantFactory, plan: str = "unmetered"
+                  ) -> tuple[str, dict[str, str]]:
     created = await make_tenant(plan=plan)
     owner = bearer(created.api_key)
     r = await http.post("/v1/api-keys", json={"name": "t", "role": "trader"}, headers=owner)
     assert r.status_code == 201, r.text
-    return bearer(r.json()["key"])
+    return created.tenant.slug, bearer(r.json()["key"])
+
+
+async def _trader(http: httpx.AsyncClient, make_tenant: TenantFactory, plan: str = "unmetered"
+                  ) -> dict[str, str]:
+    return (await _tenant(http, make_tenant, plan))[1]
+
+
+def _alive_classes(namespace: str) -> set[str]:
+    import ray
+    from ray.util.state import list_actors
+
+    return {a.class_name for a in list_actors(
+        address=ray.get_runtime_context().gcs_address, detail=True,
+        filters=[("ray_namespace", "=", namespace), ("state", "=", "ALIVE")])}
 
 
 async def test_backtest_over_http_runs_as_a_ray_job_and_reports(
@@ -155,7 +169,7 @@ async def test_a_job_over_the_plan_is_refused_with_quota_exceeded(
 
 async def test_optimization_with_tune_splits_in_and_out_of_sample_and_applies_to_a_bot(
         http: httpx.AsyncClient, db: Database, make_tenant: TenantFactory) -> None:
-    trader = await _trader(http, make_tenant)
+    slug, trader = await _tenant(http, make_tenant)
     body = {**RUN, "params": {"quantity": 2}, "to": "2024-01-08T00:00:00Z",
             "search_space": {"fast": {"type": "int", "low": 3, "high": 8},
                              "slow": {"type": "choice", "values": [20, 30, 40]}},
@@ -164,8 +178,17 @@ async def test_optimization_with_tune_splits_in_and_out_of_sample_and_applies_to
     r = await http.post("/v1/optimizations", json=body, headers=trader)
     assert r.status_code == 202, r.text
     created = r.json()
-    assert created["split_at"].startswith("2024-01-05T19:12")  # 70 % of 7 days
+    assert created["split_at"].startswith("2024-01-05T21:36")  # 70 % of 7 days: 4.9 days
     assert created["fixed_params"] == {"quantity": "2", "allow_short": False}
+    seen: set[str] = set()  # the trials are actors of the tenant's namespace (admitted, metered)
+    deadline = time.monotonic() + 400
+    while "ImplicitFunc" not in seen and time.monotonic() < deadline:
+        seen |= await asyncio.to_thread(_alive_classes, f"tenant-{slug}")
+        status = (await http.get(f"/v1/optimizations/{created['id']}", headers=trader)).json()["status"]
+        if status in ("succeeded", "failed"):
+            break
+        await asyncio.sleep(0.5)
+    assert "ImplicitFunc" in seen
     done = await _poll(http, f"/v1/optimizations/{created['id']}", trader, timeout=400)
     assert done["status"] == "succeeded", done
     assert done["trials_done"] == 4 and len(done["trials"]) == 4
@@ -274,3 +297,22 @@ async def test_job_events_need_the_jobs_own_token(
                         headers=trader)
     assert_error(r, 403, "job_token_required")
     await _poll(http, f"/v1/jobs/{job_id}", trader)
+
+
+async def test_a_running_job_can_be_stopped(http: httpx.AsyncClient, make_tenant: TenantFactory) -> None:
+    trader = await _trader(http, make_tenant)
+    long = {**RUN, "to": "2024-03-01T00:00:00Z", "data": {"source": "synthetic", "interval": "1m"}}
+    r = await http.post("/v1/backtests", json=long, headers=trader)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    r = await http.post(f"/v1/jobs/{job_id}/stop", headers=trader)
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "stopped" and r.json()["message"].startswith("stopped by api_key:")
+    backtest = (await http.get(f"/v1/backtests/{r.json()['backtest_id']}", headers=trader)).json()
+    assert backtest["status"] == "stopped"
+    from actors.jobs import RayJobs
+
+    deadline = time.monotonic() + 60
+    while (await RayJobs().status(f"atp-{job_id}") or ("",))[0] not in ("STOPPED", "FAILED"):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(1)
