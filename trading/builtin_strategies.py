@@ -5,7 +5,9 @@ returns one action per bar: +1 "be long", -1 "be out (or short, where allowed)",
 The value at bar ``t`` uses bars up to and including ``t`` only, and the arithmetic is
 exact (SMA crossover, breakout) or done in a fixed decimal context (RSI), so a vectorised
 backtester calling these functions on a whole series gets exactly the trades the
-strategies make bar by bar.
+strategies make bar by bar. The strategies themselves keep each rule incrementally per
+symbol (`SmaCross`, `RsiCross`, `Channel`: one close or bar at a time, at a cost that does
+not grow with the window), each giving at every bar the value of its signal function.
 
 Every built-in trades a fixed `quantity` per symbol with market orders, long-only unless
 `allow_short`. It places nothing while it has an open order for the symbol, and sizes an
@@ -19,7 +21,7 @@ from collections import deque
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +36,7 @@ Series = Sequence[Any] | npt.NDArray[Any]
 _EXACT = Context(prec=80)  # wide enough that sums of prices never round
 _RSI_CONTEXT = Context(prec=28, rounding=ROUND_HALF_EVEN)  # fixed, whatever the thread's context
 HUNDRED = Decimal(100)
+IndicatorT = TypeVar("IndicatorT")
 
 
 def _decimals(values: Series, field: str) -> list[Decimal]:
@@ -77,6 +80,64 @@ def sma_crossover_signals(closes: Series, fast: int, slow: int) -> list[int]:
                     signals[t] = -1
             previous = diff
     return signals
+
+
+class SmaCross:
+    """The crossing of a fast and a slow simple moving average, one close at a time.
+
+    `update` gives for each close what `sma_crossover_signals` gives at it, without going
+    back over the window. The last `slow` closes are kept as integers, counted in units
+    of the finest decimal place seen so far (recounted when a finer one comes), with the
+    running sums of the last `fast` and `slow` of them: integer sums are exact, and cheaper
+    than Decimal ones in a wide context. The sign of ``fast_sum * slow - slow_sum * fast``
+    is compared with the one at the previous close.
+    """
+
+    def __init__(self, fast: int, slow: int) -> None:
+        self.fast, self.slow = _window(fast, "fast", 1), _window(slow, "slow", 2)
+        if self.fast >= self.slow:
+            raise Invalid("fast must be below slow", field="fast")
+        self._unit = 1  # closes are counted in 1/unit; unit is a power of ten
+        self._closes: deque[int] = deque()  # the last `slow` closes, in 1/unit
+        self._fast_sum = 0
+        self._slow_sum = 0
+        self._diff: int | None = None  # at the previous close, once there were `slow` closes
+
+    def update(self, close: Decimal) -> int:
+        """Add the next close; return +1 on a cross above, -1 on a cross below, else 0."""
+        numerator, denominator = close.as_integer_ratio()
+        if self._unit % denominator:
+            self._refine(denominator)
+        units = numerator * (self._unit // denominator)
+        closes, fast, slow = self._closes, self.fast, self.slow
+        closes.append(units)
+        self._fast_sum += units
+        self._slow_sum += units
+        if len(closes) > fast:
+            self._fast_sum -= closes[-fast - 1]
+        if len(closes) > slow:
+            self._slow_sum -= closes.popleft()
+        elif len(closes) < slow:
+            return 0
+        diff = self._fast_sum * slow - self._slow_sum * fast
+        previous, self._diff = self._diff, diff
+        if previous is None:
+            return 0
+        if diff > 0 >= previous:
+            return 1
+        if diff < 0 <= previous:
+            return -1
+        return 0
+
+    def _refine(self, denominator: int) -> None:
+        """Count in units fine enough that ``1 / denominator`` is a whole number of them."""
+        factor = 10
+        while self._unit * factor % denominator:
+            factor *= 10
+        self._unit *= factor
+        self._closes = deque(units * factor for units in self._closes)
+        self._fast_sum *= factor
+        self._slow_sum *= factor  # the previous diff only lends its sign: it can stay
 
 
 class WilderRsi:
@@ -136,6 +197,20 @@ def _rsi_signal(previous: Decimal | None, current: Decimal | None, oversold: Dec
     return 0
 
 
+class RsiCross:
+    """Wilder's RSI crossing two levels, one close at a time (what `rsi_signals` gives)."""
+
+    def __init__(self, period: int, oversold: Decimal, overbought: Decimal) -> None:
+        self._rsi = WilderRsi(period)
+        self._oversold, self._overbought = oversold, overbought
+        self.value: Decimal | None = None  # the RSI after the last close
+
+    def update(self, close: Decimal) -> int:
+        """Add the next close; return +1 on a cross below `oversold`, -1 above `overbought`, else 0."""
+        previous, self.value = self.value, self._rsi.update(close)
+        return _rsi_signal(previous, self.value, self._oversold, self._overbought)
+
+
 def rsi_signals(closes: Series, period: int, oversold: Any, overbought: Any) -> list[int]:
     """Return +1 where the RSI crosses below `oversold`, -1 where it crosses above `overbought`, else 0."""
     low, high = to_decimal(oversold, field="oversold"), to_decimal(overbought, field="overbought")
@@ -143,38 +218,62 @@ def rsi_signals(closes: Series, period: int, oversold: Any, overbought: Any) -> 
     return [0] + [_rsi_signal(values[t - 1], values[t], low, high) for t in range(1, len(values))]
 
 
-def _previous_extremes(values: list[Decimal], lookback: int, highest: bool) -> list[Decimal | None]:
-    """Return, for each t, the max (or min) of ``values[t - lookback:t]``; None while t < lookback."""
-    result: list[Decimal | None] = [None] * len(values)
-    window: deque[int] = deque()  # indices whose values are monotonic (decreasing for max)
-    for t in range(len(values)):
-        if t >= lookback:
-            result[t] = values[window[0]]
-        while window and (values[window[-1]] <= values[t] if highest else values[window[-1]] >= values[t]):
+class _Extreme:
+    """The largest (or smallest) of the last `size` values added, kept in a monotonic deque."""
+
+    def __init__(self, size: int, *, highest: bool) -> None:
+        self._size, self._highest = size, highest
+        self._added = 0
+        self._window: deque[tuple[int, Decimal]] = deque()  # (number, value); values fall if highest
+
+    @property
+    def value(self) -> Decimal:
+        """Return the extreme of the window (which must not be empty)."""
+        return self._window[0][1]
+
+    def add(self, value: Decimal) -> None:
+        """Add the next value; the one `size` values back leaves the window."""
+        window, n = self._window, self._added
+        while window and (window[-1][1] <= value if self._highest else window[-1][1] >= value):
             window.pop()
-        window.append(t)
-        if window[0] <= t - lookback:
+        window.append((n, value))
+        if window[0][0] <= n - self._size:
             window.popleft()
-    return result
+        self._added = n + 1
+
+
+class Channel:
+    """The highest high and lowest low of the previous `lookback` bars, one bar at a time."""
+
+    def __init__(self, lookback: int) -> None:
+        self.lookback = _window(lookback, "lookback", 1)
+        self._top = _Extreme(self.lookback, highest=True)
+        self._bottom = _Extreme(self.lookback, highest=False)
+        self._seen = 0  # bars added, counted up to `lookback`
+
+    def update(self, high: Decimal, low: Decimal, close: Decimal) -> int:
+        """Add the next bar; return +1 if its close is above the channel, -1 if below, else 0."""
+        signal = 0
+        if self._seen < self.lookback:
+            self._seen += 1
+        elif close > self._top.value:
+            signal = 1
+        elif close < self._bottom.value:
+            signal = -1
+        self._top.add(high)
+        self._bottom.add(low)
+        return signal
 
 
 def breakout_signals(highs: Series, lows: Series, closes: Series, lookback: int) -> list[int]:
     """Return +1 where the close is above the highest high of the previous `lookback` bars,
     -1 where it is below their lowest low, else 0 (the first `lookback` bars are 0).
     """
-    lookback = _window(lookback, "lookback", 1)
+    channel = Channel(lookback)
     hs, ls, cs = _decimals(highs, "highs"), _decimals(lows, "lows"), _decimals(closes, "closes")
     if not len(hs) == len(ls) == len(cs):
         raise Invalid("highs, lows and closes must have the same length", field="closes")
-    top, bottom = _previous_extremes(hs, lookback, True), _previous_extremes(ls, lookback, False)
-    signals = [0] * len(cs)
-    for t, close in enumerate(cs):
-        high, low = top[t], bottom[t]
-        if high is not None and close > high:
-            signals[t] = 1
-        elif low is not None and close < low:
-            signals[t] = -1
-    return signals
+    return [channel.update(high, low, close) for high, low, close in zip(hs, ls, cs, strict=True)]
 
 
 _COMMON = {
@@ -184,15 +283,52 @@ _COMMON = {
 }
 
 
-class FixedQuantityStrategy(Strategy):
-    """Shared order logic of the built-ins: act on a +1 / -1 signal for one symbol."""
+class FixedQuantityStrategy(Strategy, Generic[IndicatorT]):
+    """Shared logic of the built-ins: one indicator per symbol, fed bar by bar, and the orders.
 
-    def window(self, ctx: StrategyContext, bar: Bar) -> Sequence[Bar] | None:
-        """The last `warmup` bars of the bar's symbol, or None (another symbol, or too few)."""
-        if bar.symbol not in self.symbols:
-            return None
-        bars = ctx.history(bar.symbol, self.warmup)
-        return bars if len(bars) >= self.warmup else None
+    A subclass builds the indicator of a symbol (`indicator`), feeds it a bar (`signal`)
+    and says why it trades (`why`). On its first bar for a symbol, the indicator is first
+    fed the context's earlier history (up to `warmup` bars), so a live bot started with
+    preloaded bars does not wait, and a backtest from the first bar gets the signal
+    functions' values; a bar whose ts is not after the last one seen for its symbol is
+    ignored.
+    """
+
+    def __init__(self, symbols: Sequence[str], **params: Any) -> None:
+        super().__init__(symbols, **params)
+        self._indicators: dict[str, IndicatorT] = {}
+        self._last_ts: dict[str, datetime] = {}
+
+    def indicator(self) -> IndicatorT:
+        """Return a new indicator for one symbol."""
+        raise NotImplementedError
+
+    def signal(self, indicator: IndicatorT, bar: Bar) -> int:
+        """Feed `bar` to `indicator`; return its +1 / -1 / 0."""
+        raise NotImplementedError
+
+    def why(self, indicator: IndicatorT, signal: int) -> str:
+        """Say why `signal` came, for the log."""
+        raise NotImplementedError
+
+    def on_bar(self, ctx: StrategyContext, bar: Bar) -> None:
+        symbol = bar.symbol
+        last = self._last_ts.get(symbol)
+        if last is None:
+            if symbol not in self.symbols:
+                return
+            indicator = self._indicators[symbol] = self.indicator()
+            for old in ctx.history(symbol, self.warmup):
+                if old.ts < bar.ts:
+                    self.signal(indicator, old)
+        elif bar.ts <= last:  # a bar already seen
+            return
+        else:
+            indicator = self._indicators[symbol]
+        self._last_ts[symbol] = bar.ts
+        signal = self.signal(indicator, bar)
+        if signal:
+            self.trade(ctx, symbol, signal, self.why(indicator, signal))
 
     def trade(self, ctx: StrategyContext, symbol: str, signal: int, why: str) -> str | None:
         """Act on `signal` for `symbol`; return the client order id, or None when nothing was placed."""
@@ -213,7 +349,7 @@ class FixedQuantityStrategy(Strategy):
 
 
 @register
-class SmaCrossover(FixedQuantityStrategy):
+class SmaCrossover(FixedQuantityStrategy[SmaCross]):
     name = "sma_crossover"
     description = ("Go long when the fast simple moving average of closes crosses above the slow one; "
                    "exit (or go short, if allowed) when it crosses below.")
@@ -232,24 +368,23 @@ class SmaCrossover(FixedQuantityStrategy):
     def warmup(self) -> int:
         return int(self.p.slow) + 1
 
-    def on_bar(self, ctx: StrategyContext, bar: Bar) -> None:
-        bars = self.window(ctx, bar)
-        if bars is None:
-            return
-        signal = sma_crossover_signals([b.close for b in bars], self.p.fast, self.p.slow)[-1]
-        if signal:
-            self.trade(ctx, bar.symbol, signal, "fast SMA crossed " + ("above" if signal > 0 else "below"))
+    def indicator(self) -> SmaCross:
+        return SmaCross(self.p.fast, self.p.slow)
+
+    def signal(self, indicator: SmaCross, bar: Bar) -> int:
+        return indicator.update(bar.close)
+
+    def why(self, indicator: SmaCross, signal: int) -> str:
+        return "fast SMA crossed " + ("above" if signal > 0 else "below")
 
 
 @register
-class RsiMeanReversion(FixedQuantityStrategy):
+class RsiMeanReversion(FixedQuantityStrategy[RsiCross]):
     """Wilder's RSI, kept incrementally per symbol.
 
     The exit is at the `overbought` crossing (not at 50), which makes the rule symmetric:
     with `allow_short` the same crossing opens a short, and the next crossing below
-    `oversold` covers it and goes long. On its first bar for a symbol the strategy seeds
-    the RSI from the context's earlier history (up to `warmup` bars), so a live bot started
-    with preloaded bars does not wait; a backtest from the first bar matches `rsi_signals`.
+    `oversold` covers it and goes long.
     """
 
     name = "rsi_mean_reversion"
@@ -264,10 +399,6 @@ class RsiMeanReversion(FixedQuantityStrategy):
         **_COMMON,
     }
 
-    def __init__(self, symbols: Sequence[str], **params: Any) -> None:
-        super().__init__(symbols, **params)
-        self._state: dict[str, tuple[WilderRsi, Decimal | None, datetime]] = {}  # rsi, last value, last ts
-
     def validate(self) -> None:
         if self.p.oversold >= self.p.overbought:
             raise Invalid(f"params.oversold ({self.p.oversold}) must be below params.overbought "
@@ -277,28 +408,19 @@ class RsiMeanReversion(FixedQuantityStrategy):
     def warmup(self) -> int:
         return 10 * int(self.p.period) + 1
 
-    def on_bar(self, ctx: StrategyContext, bar: Bar) -> None:
-        if bar.symbol not in self.symbols:
-            return
-        if bar.symbol in self._state:
-            rsi, previous, last_ts = self._state[bar.symbol]
-            if bar.ts <= last_ts:  # a bar already seen
-                return
-        else:
-            rsi, previous = WilderRsi(self.p.period), None
-            for old in ctx.history(bar.symbol, self.warmup):
-                if old.ts < bar.ts:
-                    previous = rsi.update(old.close)
-        current = rsi.update(bar.close)
-        self._state[bar.symbol] = (rsi, current, bar.ts)
-        signal = _rsi_signal(previous, current, self.p.oversold, self.p.overbought)
-        if signal:
-            self.trade(ctx, bar.symbol, signal, f"RSI {current:.2f} crossed "
-                       + (f"below {self.p.oversold}" if signal > 0 else f"above {self.p.overbought}"))
+    def indicator(self) -> RsiCross:
+        return RsiCross(self.p.period, self.p.oversold, self.p.overbought)
+
+    def signal(self, indicator: RsiCross, bar: Bar) -> int:
+        return indicator.update(bar.close)
+
+    def why(self, indicator: RsiCross, signal: int) -> str:
+        return f"RSI {indicator.value:.2f} crossed " + (
+            f"below {self.p.oversold}" if signal > 0 else f"above {self.p.overbought}")
 
 
 @register
-class BreakoutStrategy(FixedQuantityStrategy):
+class BreakoutStrategy(FixedQuantityStrategy[Channel]):
     name = "breakout"
     description = ("Buy when the close breaks above the highest high of the previous `lookback` bars; "
                    "exit (or go short, if allowed) when it breaks below their lowest low.")
@@ -311,12 +433,11 @@ class BreakoutStrategy(FixedQuantityStrategy):
     def warmup(self) -> int:
         return int(self.p.lookback) + 1
 
-    def on_bar(self, ctx: StrategyContext, bar: Bar) -> None:
-        bars = self.window(ctx, bar)
-        if bars is None:
-            return
-        signal = breakout_signals([b.high for b in bars], [b.low for b in bars],
-                                  [b.close for b in bars], self.p.lookback)[-1]
-        if signal:
-            self.trade(ctx, bar.symbol, signal,
-                       "close broke " + ("above the channel" if signal > 0 else "below the channel"))
+    def indicator(self) -> Channel:
+        return Channel(self.p.lookback)
+
+    def signal(self, indicator: Channel, bar: Bar) -> int:
+        return indicator.update(bar.high, bar.low, bar.close)
+
+    def why(self, indicator: Channel, signal: int) -> str:
+        return "close broke " + ("above the channel" if signal > 0 else "below the channel")

@@ -21,6 +21,7 @@ import trading.strategy as strategy_module
 from trading.builtin_strategies import (
     BreakoutStrategy,
     RsiMeanReversion,
+    SmaCross,
     SmaCrossover,
     breakout_signals,
     rsi_signals,
@@ -430,6 +431,26 @@ def test_sma_signal_arguments_are_checked(args: tuple[Any, Any], field: str) -> 
         sma_crossover_signals([1.0, float("nan"), 2.0], 1, 2)
 
 
+FINER = [Decimal("0.005"), Decimal("0.0001"), Decimal("5E-9")]  # more decimal places than cents
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_incremental_sma_cross_gives_the_signals_of_sma_crossover_signals(seed: int) -> None:
+    rng = random.Random(seed)
+    fast = rng.randint(1, 9)
+    slow = rng.randint(fast + 1, 30)
+    walk = random_walk(600, seed)
+    finer = [c + rng.choice(FINER) if rng.random() < 0.03 else c for c in walk]  # units refined mid-way
+    ties = [Decimal(rng.choice([10, 11, 12])) for _ in range(600)]  # the averages are often equal
+    for closes in (walk, finer, ties):
+        cross = SmaCross(fast, slow)
+        got = [cross.update(c) for c in closes]
+        assert got == sma_crossover_signals(closes, fast, slow)
+        assert got.count(1) and got.count(-1)
+    with pytest.raises(Invalid):
+        SmaCross(5, 5)
+
+
 def test_sma_crossover_buys_then_sells_at_the_crosses() -> None:
     ctx = run(SmaCrossover(["AAPL"], fast=2, slow=4, quantity=5), make_bars(SMA_CLOSES))
     assert trades(ctx) == [(5, "buy", Decimal(5)), (8, "sell", Decimal(5))]
@@ -475,6 +496,31 @@ def test_bar_by_bar_trades_equal_the_vectorised_signals(
     want = expected_trades(signals(closes), Decimal(2), allow_short)
     assert len(want) > 4
     assert trades(ctx) == want
+
+
+@pytest.mark.parametrize(("make", "signals", "warmup"), [
+    (lambda: SmaCrossover(["AAPL"], fast=3, slow=8), lambda cl: sma_crossover_signals(cl, 3, 8), 9),
+    (lambda: BreakoutStrategy(["AAPL"], lookback=6),
+     lambda cl: breakout_signals([c + 1 for c in cl], [c - 1 for c in cl], cl, 6), 7),
+])
+def test_a_live_start_seeds_from_preloaded_history_and_ignores_repeated_bars(
+        make: Callable[[], Strategy], signals: Callable[[list[Decimal]], list[int]], warmup: int) -> None:
+    closes = random_walk(400, seed=17)
+    bars = make_bars(closes, spread=1)
+    every = signals(closes)
+    start = next(t for t in range(100, 400) if every[t] > 0)  # a bar where the full series buys
+    ctx = FakeContext()
+    ctx.preload(bars[:start])  # a live bot started with `start` bars of history
+    ctx.index = start - 1
+    strategy = make()
+    for bar in bars[start:]:
+        ctx.feed(strategy, bar)
+        strategy.on_bar(ctx, bar)  # the same bar again changes nothing
+        ctx.fill_all()
+    want = [(t + start, side, qty) for t, side, qty in expected_trades(every[start:], Decimal(1), False)]
+    assert trades(ctx)[0] == (start, "buy", Decimal(1))  # seeded: it trades on its first bar
+    assert trades(ctx) == want
+    assert ctx.history_requests == [warmup]  # read once, on the first bar
 
 
 # --- RSI ---------------------------------------------------------------------------------------
