@@ -26,7 +26,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from itertools import islice
+from typing import Any, NoReturn
 
 from trading.broker import Expiry, PaperBroker
 from trading.data import DEFAULT_INSTRUMENTS, DEFAULT_TICK
@@ -125,7 +126,7 @@ class BacktestContext:
         bars = self._bars.get(symbol)
         if not bars or n <= 0:
             return []
-        return list(bars)[-n:] if n < len(bars) else list(bars)
+        return list(bars) if n >= len(bars) else list(islice(bars, len(bars) - n, None))
 
     def open_orders(self, symbol: str | None = None) -> Sequence[str]:
         return self._engine.open_orders(symbol)
@@ -279,29 +280,37 @@ def run_backtest(strategy: str, params: Mapping[str, Any], bars: Iterable[Bar], 
     for symbol in symbols:
         known.setdefault(symbol, default_instrument(symbol))
     engine = _Engine(live, known, cost, fee, slip, risk_limits)
-    last: tuple[datetime, str] | None = None
+    now: datetime | None = None  # the current step's ts
+    symbol = ""  # the last bar's symbol
     for bar in stream:
-        key = (bar.ts, bar.symbol)
-        if last is None:
-            engine.ctx.begin(bar.ts)
-            live.on_start(engine.ctx)
-        elif key <= last:
-            raise Invalid(f"bars must be in (ts, symbol) order: {bar.symbol} at {bar.ts.isoformat()} "
-                          f"comes after {last[1]} at {last[0].isoformat()}", field="bars")
-        elif bar.ts != last[0]:
-            engine.end_step(last[0])
-            engine.ctx.begin(bar.ts)
+        if bar.ts != now:
+            if now is None:
+                engine.ctx.begin(bar.ts)
+                live.on_start(engine.ctx)
+            elif bar.ts < now:
+                _out_of_order(bar, now, symbol)
+            else:
+                engine.end_step(now)
+                engine.ctx.begin(bar.ts)
+            now = bar.ts
+        elif bar.symbol <= symbol:
+            _out_of_order(bar, now, symbol)
         engine.on_bar(bar)
-        last = key
-    if last is None:
+        symbol = bar.symbol
+    if now is None:
         raise Invalid("there are no bars to backtest", field="bars")
-    engine.end_step(last[0])
+    engine.end_step(now)
     live.on_stop(engine.ctx)
     for cid in list(engine.open):
-        expiry = engine.broker.cancel(cid, last[0])
+        expiry = engine.broker.cancel(cid, now)
         if expiry is not None:
-            engine.open.pop(cid).transition(OrderStatus.CANCELED, reason=END_REASON, ts=last[0])
+            engine.open.pop(cid).transition(OrderStatus.CANCELED, reason=END_REASON, ts=now)
     return BacktestResult(strategy=cls.name, params=dict(live.p), symbols=live.symbols, capital=cost,
                           fills=engine.fills, orders=engine.orders, equity_curve=engine.curve,
                           final_equity=engine.portfolio.equity, rejections=engine.rejections,
                           risk_events=engine.risk_events, logs=engine.logs)
+
+
+def _out_of_order(bar: Bar, now: datetime, symbol: str) -> NoReturn:
+    raise Invalid(f"bars must be in (ts, symbol) order: {bar.symbol} at {bar.ts.isoformat()} "
+                  f"comes after {symbol} at {now.isoformat()}", field="bars")

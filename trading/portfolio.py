@@ -17,7 +17,7 @@ Used by backtests and live bots alike. Every amount is an exact `Decimal`.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -61,7 +61,7 @@ class Position:
         new_quantity = held + signed_quantity
         if held == 0 or (held > 0) == (signed_quantity > 0):
             cost = abs(held) * self.average_cost + abs(signed_quantity) * fill_price
-            return replace(self, quantity=new_quantity, average_cost=cost / abs(new_quantity))
+            return Position(self.symbol, new_quantity, cost / abs(new_quantity), self.realized_pnl)
         closed = min(abs(held), abs(signed_quantity))
         direction = 1 if held > 0 else -1
         realized = self.realized_pnl + (fill_price - self.average_cost) * closed * direction
@@ -71,7 +71,7 @@ class Position:
             average = fill_price  # crossed zero: the remainder opens at the fill price
         else:
             average = self.average_cost
-        return replace(self, quantity=new_quantity, average_cost=average, realized_pnl=realized)
+        return Position(self.symbol, new_quantity, average, realized)
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,11 @@ class Portfolio:
     @property
     def net_exposure(self) -> Money:
         """Return the signed market value of the positions."""
-        return sum((p.quantity * self._value_price(p) for p in self._positions.values()), ZERO)
+        total = ZERO  # a plain loop: the backtester asks for the equity at every bar time
+        marks = self._marks
+        for p in self._positions.values():
+            total += p.quantity * marks.get(p.symbol, p.average_cost)
+        return total
 
     @property
     def gross_exposure(self) -> Money:

@@ -49,6 +49,22 @@ class BuyOnBar(Strategy):
             ctx.sell(bar.symbol, ctx.position(bar.symbol))
 
 
+@register
+class HistoryProbe(Strategy):
+    """Log the closes of ``ctx.history(symbol, n)`` at every bar."""
+
+    name = "test_backtest_history_probe"
+    description = "logs its history (for the backtester's tests)"
+    params = {"n": Param(int, 2), "warmup_bars": Param(int, 1)}
+
+    @property
+    def warmup(self) -> int:
+        return int(self.p.warmup_bars)
+
+    def on_bar(self, ctx: StrategyContext, bar: Bar) -> None:
+        ctx.log(" ".join(str(b.close) for b in ctx.history(bar.symbol, self.p.n)))
+
+
 def test_the_strategy_trades_through_a_strategy_context() -> None:
     result = run_backtest("test_backtest_buy_on_bar", {}, bars("AAPL", ["100"]), capital=1000)
     assert result.logs == [(T0, "context is a StrategyContext: True")]
@@ -91,10 +107,14 @@ def test_several_symbols_are_merged_in_time_order_with_one_equity_point_per_time
     assert result.final_equity == Decimal(1000) + 1 + 1
 
 
-def test_bars_out_of_order_are_refused() -> None:
-    shuffled = list(reversed(bars("AAPL", ["100", "101"])))
+@pytest.mark.parametrize("stream", [
+    list(reversed(bars("AAPL", ["100", "101"]))),  # time going back
+    bars("MSFT", ["50"]) + bars("AAPL", ["100"]),  # one time, symbols out of order
+    bars("AAPL", ["100"]) * 2,  # a bar twice
+])
+def test_bars_out_of_order_are_refused(stream: list[Bar]) -> None:
     with pytest.raises(Invalid) as exc:
-        run_backtest("test_backtest_buy_on_bar", {}, shuffled, capital=1000, symbols=["AAPL"])
+        run_backtest("test_backtest_buy_on_bar", {}, stream, capital=1000, symbols=["AAPL", "MSFT"])
     assert exc.value.field == "bars"
 
 
@@ -122,3 +142,16 @@ def test_unknown_parameters_and_strategies_are_invalid() -> None:
         run_backtest("no_such_strategy", {}, bars("AAPL", ["100"]), capital=1000)
     with pytest.raises(Invalid):
         run_backtest("sma_crossover", {}, [], capital=1000)
+
+
+@pytest.mark.parametrize(("n", "last"), [(2, ["103 104", "53 54"]), (10, ["101 102 103 104", "51 52 53 54"]),
+                                          (0, ["", ""])])
+def test_history_is_the_last_bars_of_the_symbol_oldest_first(n: int, last: list[str]) -> None:
+    merged = merge_bars(bars("AAPL", ["100", "101", "102", "103", "104"]),
+                        bars("MSFT", ["50", "51", "52", "53", "54"]))
+    result = run_backtest("test_backtest_history_probe", {"n": n, "warmup_bars": 3}, merged, capital=1000,
+                          symbols=["AAPL", "MSFT"])
+    logs = [message for _, message in result.logs]
+    assert logs[-2:] == last  # the engine keeps warmup + 1 bars per symbol
+    if n:
+        assert logs[:4] == ["100", "50", "100 101", "50 51"]
