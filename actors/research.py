@@ -575,3 +575,15 @@ async def _store_backtest(conn: AsyncConnection, job_id: uuid.UUID, event: Mappi
              "sym": [t["symbol"] for t in trades], "side": [t["side"] for t in trades],
              "q": [t["quantity"] for t in trades], "p": [t["price"] for t in trades],
              "f": [t["fee"] for t in trades], "c": [t["client_order_id"] for t in trades]})
+
+
+async def stop_unfinished_jobs(store: ResearchStore, ray_jobs: Any, reason: str) -> int:
+    """Stop every queued or running job of the store's tenant (a suspension); return how many."""
+    stopped = 0
+    for job in await store.jobs(limit=10_000):
+        if job["status"] in FINISHED:
+            continue
+        await ray_jobs.stop(job["submission_id"])
+        await store.finish(job["id"], "stopped", reason)
+        stopped += 1
+    return stopped

@@ -421,15 +421,18 @@ class MeteringCollector:
                        error=reason)
 
     async def enforce_grace(self) -> list[str]:
-        """Suspend tenants past due beyond the grace period and stop their bots."""
+        """Suspend tenants past due beyond the grace period; stop their bots and jobs."""
+        from actors.jobs import RayJobs
+        from actors.research import ResearchStore, stop_unfinished_jobs
         from actors.supervisor import stop_all_bots
         from billing.payments import enforce_grace
 
         grace = timedelta(days=self._settings.billing_grace_days)
         suspended = await enforce_grace(self._db, grace)
+        reason = "suspended: payment overdue beyond the grace period"
         for tenant_id, slug in suspended:
-            await stop_all_bots(self._settings, tenant_id, slug,
-                                reason="suspended: payment overdue beyond the grace period")
+            await stop_all_bots(self._settings, tenant_id, slug, reason=reason)
+            await stop_unfinished_jobs(ResearchStore(self._db, tenant_id, slug), RayJobs(), reason)
         return [slug for _, slug in suspended]
 
     async def tick(self) -> dict[str, Any] | None:

@@ -358,3 +358,20 @@ async def test_cli_submits_a_strategy_file_as_a_job_and_follows_it(
         "--objective", "return")
     assert optimized.returncode == 0, optimized.stderr
     assert "best parameters" in optimized.stdout and "out-of-sample" in optimized.stdout
+
+
+async def test_suspension_stops_a_tenants_unfinished_jobs(
+        http: httpx.AsyncClient, db: Database, make_tenant: TenantFactory) -> None:
+    from actors.jobs import RayJobs
+    from actors.research import ResearchStore, stop_unfinished_jobs
+
+    created = await make_tenant(plan="unmetered")
+    owner = bearer(created.api_key)
+    long = {**RUN, "to": "2024-03-01T00:00:00Z", "data": {"source": "synthetic", "interval": "1m"}}
+    r = await http.post("/v1/backtests", json=long, headers=owner)
+    assert r.status_code == 202, r.text
+    store = ResearchStore(db, created.tenant.id, created.tenant.slug)
+    assert await stop_unfinished_jobs(store, RayJobs(), "suspended: test") == 1
+    job = await store.job(r.json()["job_id"])
+    assert job["status"] == "stopped" and job["message"] == "suspended: test"
+    assert await stop_unfinished_jobs(store, RayJobs(), "again") == 0
