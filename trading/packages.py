@@ -8,7 +8,8 @@ another class of the package) and declare a ``name``. What it refuses, with `Inv
 
 * a file that is not UTF-8 Python or a zip, or is empty or larger than `MAX_PACKAGE_BYTES`;
 * a zip with an absolute path, ``..``, a link, more than `MAX_ZIP_FILES` entries, more than
-  `MAX_UNPACKED_BYTES` once unpacked, or no ``.py`` file;
+  `MAX_UNPACKED_BYTES` once unpacked, an entry that cannot be read (corrupt, encrypted, an
+  unsupported compression), or no ``.py`` file;
 * a syntax error in any module (the message names the file and line);
 * no ``Strategy`` subclass with a literal ``name``, or two classes with the same name.
 
@@ -21,9 +22,11 @@ from __future__ import annotations
 import ast
 import hashlib
 import io
+import lzma
 import re
 import stat
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -101,7 +104,12 @@ def _unzip(content: bytes) -> dict[str, bytes]:
             raise Invalid(f"the zip entry {entry.filename!r} points outside the package", field=FIELD)
         if stat.S_ISLNK(entry.external_attr >> 16):
             raise Invalid(f"the zip entry {entry.filename!r} is a link", field=FIELD)
-        data = archive.read(entry)
+        try:
+            data = archive.read(entry)
+        except (zipfile.BadZipFile, EOFError, OSError, RuntimeError, NotImplementedError, zlib.error,
+                lzma.LZMAError):  # bad CRC or stream, encrypted, an unsupported compression
+            raise Invalid(f"the zip entry {entry.filename!r} cannot be read (corrupt, encrypted or "
+                          "compressed with an unsupported method)", field=FIELD) from None
         if len(data) != entry.file_size:
             raise Invalid(f"the zip entry {entry.filename!r} is corrupt", field=FIELD)
         files[str(path)] = data

@@ -5,7 +5,8 @@ payloads), the gateway that stores them (it reads them back) and the report:
 
 * `metrics_to_json` / `metrics_from_json`: `Metrics` with durations in seconds.
 * `thin_curve`: an equity curve cut to at most `max_points` points for storage and charts,
-  keeping each bucket's lowest and highest point (drawdowns stay visible) and the last one.
+  keeping the first and last points and each bucket's lowest and highest point between them
+  (drawdowns stay visible).
 * `SearchSpace`: a search space over a strategy's declared parameters, validated against
   the `Param`s (type, bounds, choices) before anything runs.
 * `objective_value`: the number a trial is ranked by (Sharpe, Calmar, or total return),
@@ -62,10 +63,10 @@ def thin_curve(curve: Sequence[tuple[datetime, Any]], max_points: int = MAX_CURV
         raise ValueError("max_points must be at least 4")
     if len(curve) <= max_points:
         return list(curve)
-    buckets = (max_points - 1) // 2
-    size = math.ceil((len(curve) - 1) / buckets)
-    kept: list[int] = []
-    for start in range(0, len(curve) - 1, size):
+    buckets = (max_points - 2) // 2  # two points each, between the first and the last
+    size = math.ceil((len(curve) - 2) / buckets)
+    kept = [0]
+    for start in range(1, len(curve) - 1, size):
         idx = range(start, min(start + size, len(curve) - 1))
         low = min(idx, key=lambda i: curve[i][1])
         high = max(idx, key=lambda i: curve[i][1])
@@ -210,5 +211,5 @@ def split_at(start: datetime, end: datetime, in_sample: float) -> datetime:
         raise Invalid("in_sample must be a fraction between 0.1 and 0.95", field="in_sample")
     if not end > start:
         raise Invalid("to must be after from", field="to")
-    seconds = math.floor((end - start).total_seconds() * in_sample)
-    return start + timedelta(seconds=seconds)
+    offset = (end - start) * in_sample  # exact to the microsecond, unlike a float of seconds
+    return start + offset - timedelta(microseconds=offset.microseconds)
