@@ -81,6 +81,14 @@ def inspect_package(filename: str, content: bytes) -> PackageInfo:
         kind = "module"
     else:
         raise Invalid("upload a Python module (.py) or a zip of modules (.zip)", field="filename")
+    for path in files:
+        if path.endswith(".py") and not all(MODULE_RE.fullmatch(part)
+                                            for part in PurePosixPath(path).with_suffix("").parts):
+            raise Invalid(f"{path} is not importable: every folder and module name must be a Python "
+                          "identifier", field=FIELD)
+        if path == "__init__.py":
+            raise Invalid("a zip's modules go at its top level or in packages (folders); a top-level "
+                          "__init__.py has no package name", field=FIELD)
     trees = {path: _parse(path, source) for path, source in files.items() if path.endswith(".py")}
     found = _strategies(trees)
     return PackageInfo(kind, files, hashlib.sha256(content).hexdigest(), found)

@@ -171,7 +171,7 @@ def _dimension(name: str, spec: Any, param: Param, field: str) -> Dimension:
     wanted = int if kind == "int" else (float, Decimal)
     if param.type not in (wanted if isinstance(wanted, tuple) else (wanted,)):
         raise Invalid(f"{field}: a {kind} range does not fit a parameter of type "
-                      f"{param.describe()['type']}; use {'int' if param.type is int else 'choice'}",
+                      f"{param.describe()['type']}; use {_fitting(param)}",
                       field=f"{field}.type")
     for key in ("low", "high"):
         if key not in spec:
@@ -181,6 +181,13 @@ def _dimension(name: str, spec: Any, param: Param, field: str) -> Dimension:
     if low > high:
         raise Invalid(f"{field}.low ({low}) is above high ({high})", field=f"{field}.low")
     return Dimension(name, kind, low=low, high=high)
+
+
+def _fitting(param: Param) -> str:
+    """The dimension type that fits a parameter: int, float, or choice (bool, str)."""
+    if param.type is int:
+        return "int"
+    return "float" if param.type in (float, Decimal) else "choice"
 
 
 def _coerce(param: Param, name: str, value: Any, field: str) -> Any:

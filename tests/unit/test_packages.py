@@ -357,3 +357,10 @@ def test_a_zip_with_modules_but_no_strategy() -> None:
     err = refused("plain.zip", zip_of({"pkg/__init__.py": b"", "pkg/util.py": b"def f():\n    return 1\n"}))
     assert err.field == "file"
     assert "no Strategy subclass" in err.message
+
+
+def test_a_zip_module_path_must_be_importable() -> None:
+    exc = refused("p.zip", zip_of({"pkg/my-rules.py": STRATEGY}))
+    assert exc.field == "file" and "pkg/my-rules.py is not importable" in exc.message
+    exc = refused("p.zip", zip_of({"__init__.py": STRATEGY}))
+    assert exc.field == "file" and "top-level __init__.py" in exc.message

@@ -431,3 +431,10 @@ def test_the_end_must_be_after_the_start(end: datetime) -> None:
     err = refused(split_at, T0, end, 0.7)
     assert err.field == "to"
     assert "after" in err.message
+
+
+def test_a_range_of_the_wrong_type_names_the_one_that_fits() -> None:
+    exc = refused(SearchSpace.parse, {"quantity": {"type": "int", "low": 1, "high": 2}}, SmaCrossover.params)
+    assert exc.field == "search_space.quantity.type" and "use float" in exc.message
+    exc = refused(SearchSpace.parse, {"fast": {"type": "float", "low": 1, "high": 2}}, SmaCrossover.params)
+    assert "use int" in exc.message
