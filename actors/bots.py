@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from tenancy.db import TenantScoped
 from trading.errors import Conflict, Invalid, NotFound
 from trading.instruments import validate_symbol
-from trading.strategy import Params, Strategy, get_strategy
+from trading.strategy import NAME_RE, Params, Strategy, get_strategy
 from trading.values import to_decimal
 
 MIB = 1024 * 1024
@@ -42,13 +42,13 @@ DEFAULT_NUM_CPUS, DEFAULT_MEMORY_MB = 0.25, 256
 
 STATUSES = ("stopped", "starting", "running", "stopping", "error")
 EDITABLE_STATUSES = frozenset({"stopped", "error"})  # a bot's definition changes only then
-SPEC_KEYS = ("name", "strategy", "symbols", "params", "capital", "resources")
+SPEC_KEYS = ("name", "strategy", "symbols", "params", "capital", "resources", "package")
 UPDATABLE_KEYS = ("name", "params", "symbols", "capital", "resources")
 RESOURCE_KEYS = ("num_cpus", "memory_mb", "num_gpus")
 MAX_GPUS = 8
 
 _BOT_COLUMNS = ("id, name, strategy, params, symbols, capital, num_cpus, memory_bytes, num_gpus,"
-                " status,"
+                " status, package,"
                 " last_error, created_at, updated_at, version")
 
 
@@ -74,13 +74,22 @@ class BotSpec:
     num_cpus: float = DEFAULT_NUM_CPUS
     memory_mb: int = DEFAULT_MEMORY_MB
     num_gpus: float = 0.0
+    package: str | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         set_(self, "name", _name(self.name))
-        cls = get_strategy(self.strategy)
         set_(self, "symbols", _symbols(self.symbols))
-        set_(self, "params", Params(_resolved_params(cls, self.symbols, self.params)))
+        if self.package is None:
+            cls = get_strategy(self.strategy)
+            set_(self, "params", Params(_resolved_params(cls, self.symbols, self.params)))
+        else:  # the package's code is never run here: its job checks the parameters
+            if not isinstance(self.package, str) or not NAME_RE.fullmatch(self.package):
+                raise Invalid("package must be the name of an uploaded strategy package", field="package")
+            if not isinstance(self.strategy, str) or not NAME_RE.fullmatch(self.strategy):
+                raise Invalid("strategy must be the name of one of the package's strategies",
+                              field="strategy")
+            set_(self, "params", Params(_json_params(self.params)))
         set_(self, "capital", _capital(self.capital))
         set_(self, "num_cpus", _num_cpus(self.num_cpus))
         set_(self, "memory_mb", _memory_mb(self.memory_mb))
@@ -112,7 +121,7 @@ class BotSpec:
                    params=params, capital=data["capital"],
                    num_cpus=resources.get("num_cpus", DEFAULT_NUM_CPUS),
                    memory_mb=resources.get("memory_mb", DEFAULT_MEMORY_MB),
-                   num_gpus=resources.get("num_gpus", 0))
+                   num_gpus=resources.get("num_gpus", 0), package=data.get("package"))
 
     @property
     def memory_bytes(self) -> int:
@@ -124,10 +133,10 @@ class BotSpec:
         return {"name": self.name, "strategy": self.strategy, "symbols": list(self.symbols),
                 "params": dict(self.params), "capital": self.capital,
                 "resources": {"num_cpus": self.num_cpus, "memory_mb": self.memory_mb,
-                              "num_gpus": self.num_gpus}}
+                              "num_gpus": self.num_gpus}, "package": self.package}
 
     def build(self) -> Strategy:
-        """Return a fresh instance of the strategy with these symbols and parameters."""
+        """Return a fresh instance of a built-in strategy with these symbols and parameters."""
         return get_strategy(self.strategy)(self.symbols, **self.params)
 
 
@@ -149,6 +158,7 @@ class Bot:
     created_at: datetime
     updated_at: datetime
     version: int
+    package: str | None = None  # an uploaded strategy package: the bot runs as a Ray job
 
     @classmethod
     def from_row(cls, row: Any) -> Bot:
@@ -157,7 +167,8 @@ class Bot:
                    symbols=tuple(row.symbols), capital=row.capital, num_cpus=float(row.num_cpus),
                    memory_bytes=int(row.memory_bytes), num_gpus=float(row.num_gpus),
                    status=row.status, last_error=row.last_error,
-                   created_at=row.created_at, updated_at=row.updated_at, version=row.version)
+                   created_at=row.created_at, updated_at=row.updated_at, version=row.version,
+                   package=row.package)
 
     @property
     def memory_mb(self) -> int:
@@ -178,7 +189,7 @@ class Bot:
         """Return the stored definition as a spec (validated again)."""
         return BotSpec(name=self.name, strategy=self.strategy, symbols=self.symbols,
                        params=self.params, capital=self.capital, num_cpus=self.num_cpus,
-                       memory_mb=self.memory_mb, num_gpus=self.num_gpus)
+                       memory_mb=self.memory_mb, num_gpus=self.num_gpus, package=self.package)
 
 
 class BotStore(TenantScoped):
@@ -193,10 +204,13 @@ class BotStore(TenantScoped):
         if not isinstance(spec, BotSpec):
             raise Invalid("spec must be a BotSpec", field=None)
         async with self._uow() as uow:
+            if spec.package is not None:
+                await _check_package(uow.conn, spec.package, spec.strategy)
             row = (await uow.conn.execute(text(
                 f"INSERT INTO bots (id, name, strategy, params, symbols, capital, num_cpus,"
-                f" memory_bytes, num_gpus) VALUES (:id, :name, :strategy, CAST(:params AS jsonb),"
-                f" :symbols, :capital, :cpus, :mem, :gpus) ON CONFLICT (name) DO NOTHING"
+                f" memory_bytes, num_gpus, package) VALUES (:id, :name, :strategy,"
+                f" CAST(:params AS jsonb), :symbols, :capital, :cpus, :mem, :gpus, :package)"
+                f" ON CONFLICT (name) DO NOTHING"
                 f" RETURNING {_BOT_COLUMNS}"),
                 {"id": uuid.uuid4(), **_spec_values(spec)})).first()
             if row is None:
@@ -329,6 +343,33 @@ def _symbols(value: Any) -> tuple[str, ...]:
     return checked
 
 
+async def _check_package(conn: AsyncConnection, package: str, strategy: str) -> None:
+    """Refuse a package that is not uploaded, or that does not declare `strategy`."""
+    found = (await conn.execute(text("SELECT strategies FROM strategy_packages WHERE name = :n"),
+                                {"n": package})).first()
+    if found is None:
+        raise Invalid(f"no strategy package {package!r}: upload it first (PUT /v1/strategy-packages/"
+                      f"{package})", field="package")
+    strategies = found.strategies if isinstance(found.strategies, list) else json.loads(found.strategies)
+    names = [s["name"] for s in strategies]
+    if strategy not in names:
+        raise Invalid(f"package {package!r} defines {', '.join(names)}, not {strategy!r}", field="strategy")
+
+
+def _json_params(value: Any) -> dict[str, Any]:
+    """A package strategy's parameters as given: an object of JSON values, names checked."""
+    if not isinstance(value, Mapping):
+        raise Invalid("params must be an object", field="params")
+    for key, item in value.items():
+        if not isinstance(key, str) or not NAME_RE.fullmatch(key):
+            raise Invalid(f"{key!r} is not a parameter name", field=f"params.{key}")
+        try:
+            json.dumps(item, allow_nan=False)
+        except (TypeError, ValueError):
+            raise Invalid(f"params.{key} must be a JSON value", field=f"params.{key}") from None
+    return dict(value)
+
+
 def _resolved_params(cls: type[Strategy], symbols: tuple[str, ...], value: Any) -> dict[str, Any]:
     """Instantiate the strategy once (its own checks) and return every parameter's value."""
     if not isinstance(value, Mapping):
@@ -392,7 +433,7 @@ def _spec_values(spec: BotSpec) -> dict[str, Any]:
     return {"name": spec.name, "strategy": spec.strategy, "params": json.dumps(dict(spec.params)),
             "symbols": list(spec.symbols), "capital": spec.capital,
             "cpus": Decimal(repr(spec.num_cpus)), "mem": spec.memory_bytes,
-            "gpus": Decimal(repr(spec.num_gpus))}
+            "gpus": Decimal(repr(spec.num_gpus)), "package": spec.package}
 
 
 def _bot_id(value: Any) -> uuid.UUID:

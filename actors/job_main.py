@@ -52,6 +52,7 @@ CONFIG_FILE = "atp_job.json"
 PROGRESS_SECONDS = 2.0
 PAGE = 5000
 TRACE_LINES = 20
+BOT_WATCH_SECONDS = 2.0
 
 
 class Reporter:
@@ -72,12 +73,16 @@ class Reporter:
         return self._http
 
     def send(self, event: Mapping[str, Any]) -> None:
-        self._call("POST", f"/v1/jobs/{self._job_id}/events", json=event)
+        # A 404 is retried here: the job's row commits just after Ray accepted the job.
+        self._call("POST", f"/v1/jobs/{self._job_id}/events", json=event, retry={404, 429})
 
     def get(self, path: str, params: Mapping[str, Any]) -> Any:
-        return self._call("GET", path, params=dict(params)).json()
+        """GET `path` as JSON; None when the resource does not exist (404)."""
+        response = self._call("GET", path, params=dict(params), retry={429}, missing_ok=True)
+        return None if response is None else response.json()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _call(self, method: str, path: str, *, retry: set[int], missing_ok: bool = False,
+              **kwargs: Any) -> httpx.Response | None:
         for attempt in range(5):
             try:
                 response = self._client.request(method, path, **kwargs)
@@ -85,10 +90,12 @@ class Reporter:
                 if attempt == 4:
                     raise
             else:
-                if response.status_code < 500 and response.status_code not in (404, 429):
-                    if response.status_code >= 400:
-                        raise RuntimeError(f"{method} {path} answered {response.status_code}: "
-                                           f"{response.text[:500]}")
+                code = response.status_code
+                if code < 500 and code not in retry:
+                    if code == 404 and missing_ok:
+                        return None
+                    if code >= 400:
+                        raise RuntimeError(f"{method} {path} answered {code}: {response.text[:500]}")
                     return response
                 if attempt == 4:
                     response.raise_for_status()
@@ -121,7 +128,7 @@ def _instruments(config: Mapping[str, Any], reporter: Reporter | None) -> dict[s
     symbols = config["symbols"]
     known = {s: default_instrument(s) for s in symbols}
     if config["data"]["source"] == "market" and reporter is not None:
-        for row in reporter.get("/v1/market/instruments", {}):
+        for row in reporter.get("/v1/market/instruments", {}) or []:
             if row["symbol"] in known:
                 known[row["symbol"]] = Instrument(row["symbol"], Decimal(row["tick_size"]),
                                                   Decimal(row["lot_size"]), Decimal(row["min_notional"]))
@@ -143,7 +150,7 @@ def load_bars(config: Mapping[str, Any], start: datetime, end: datetime,
         since = start
         while since < end:
             page = reporter.get("/v1/market/bars", {"symbol": symbol, "start": since.isoformat(),
-                                                    "end": end.isoformat(), "limit": PAGE})
+                                                    "end": end.isoformat(), "limit": PAGE}) or []
             bars.extend(Bar(symbol, _ts(b["ts"]), Decimal(b["open"]), Decimal(b["high"]),
                             Decimal(b["low"]), Decimal(b["close"]), Decimal(b["volume"])) for b in page)
             if len(page) < PAGE:
@@ -303,14 +310,47 @@ def run_optimization_job(config: dict[str, Any], reporter: Reporter) -> None:
                    "out_of_sample": oos})
 
 
+def run_bot_job(config: dict[str, Any], reporter: Reporter) -> None:
+    """Create the bot's strategy actor, say so, then watch it until it stops or fails."""
+    import ray
+
+    from actors.package_bots import PackageStrategyActor
+
+    ray.init(namespace=config["namespace"], log_to_driver=False)
+    bot = config["bot"]
+    actor = PackageStrategyActor.options(  # type: ignore[attr-defined]
+        name=f"strategy-{bot['id']}", namespace=config["namespace"], num_cpus=bot["num_cpus"],
+        memory=bot["memory_bytes"], num_gpus=bot["num_gpus"], max_concurrency=100,
+    ).remote(config, os.environ["ATP_API_URL"], os.environ["ATP_JOB_TOKEN"])
+    try:
+        ray.get(actor.start.remote())
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.cause if isinstance(exc.cause, Exception) else exc
+        raise cause from None
+    reporter.send({"type": "started"})
+    print(f"bot {bot['id']} running", flush=True)
+    while True:
+        time.sleep(BOT_WATCH_SECONDS)
+        try:
+            state = ray.get(actor.status.remote(), timeout=60)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            reporter.send({"type": "stopped", "message": "the bot's strategy actor was stopped"})
+            return
+        if state["error"]:
+            raise RuntimeError(state["error"])
+
+
 def main() -> int:
     config = json.loads(Path(CONFIG_FILE).read_text())
     reporter = Reporter(os.environ["ATP_API_URL"], os.environ["ATP_JOB_TOKEN"], config["job_id"])
     try:
         load_package(config)
-        reporter.send({"type": "started"})
+        if config["kind"] != "bot":  # a bot is started once its actor is ready
+            reporter.send({"type": "started"})
         if config["kind"] == "backtest":
             run_backtest_job(config, reporter)
+        elif config["kind"] == "bot":
+            run_bot_job(config, reporter)
         else:
             run_optimization_job(config, reporter)
     except Invalid as exc:

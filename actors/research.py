@@ -331,31 +331,21 @@ class ResearchStore(TenantScoped):
         run = spec if isinstance(spec, RunSpec) else spec.run
         cpus = run.num_cpus if isinstance(spec, RunSpec) else spec.total_cpus
         memory = run.memory_bytes if isinstance(spec, RunSpec) else spec.total_memory
-        job_id, target_id = uuid.uuid4(), uuid.uuid4()
-        async with self._uow() as uow:
-            await uow.conn.execute(text("SELECT pg_advisory_xact_lock(:k)"),
-                                   {"k": _job_lock_key(self._tenant_id)})
-            await admit()
-            await uow.conn.execute(text(
-                "INSERT INTO jobs (id, submission_id, kind, package_id, package_sha256, status, num_cpus,"
-                " memory_bytes, created_by) VALUES (:id, :sid, :kind, :pid, :sha, 'queued', :cpus, :mem,"
-                " :actor)"),
-                {"id": job_id, "sid": f"atp-{job_id}", "kind": kind,
-                 "pid": None if package is None else package["id"],
-                 "sha": None if package is None else package["sha256"], "cpus": cpus, "mem": memory,
-                 "actor": actor})
+        target_id = uuid.uuid4()
+
+        async def write_target(conn: AsyncConnection, job_id: uuid.UUID) -> None:
             common = {"id": target_id, "job": job_id, "strategy": run.strategy,
                       "symbols": list(run.symbols), "start": run.start, "end": run.end,
                       "data": json.dumps(run.data), "capital": run.capital, "fee": run.fee_bps,
                       "slip": run.slippage_bps}
             if isinstance(spec, RunSpec):
-                await uow.conn.execute(text(
+                await conn.execute(text(
                     "INSERT INTO backtests (id, job_id, strategy, params, symbols, start_at, end_at, data,"
                     " capital, fee_bps, slippage_bps, status) VALUES (:id, :job, :strategy,"
                     " CAST(:params AS jsonb), :symbols, :start, :end, CAST(:data AS jsonb), :capital, :fee,"
                     " :slip, 'queued')"), {**common, "params": json.dumps(run.params)})
             else:
-                await uow.conn.execute(text(
+                await conn.execute(text(
                     "INSERT INTO optimizations (id, job_id, strategy, search_space, fixed_params,"
                     " objective, max_drawdown, symbols, start_at, split_at, end_at, data, capital,"
                     " fee_bps, slippage_bps, num_trials, concurrency, cpus_per_trial, status) VALUES"
@@ -366,22 +356,51 @@ class ResearchStore(TenantScoped):
                      "objective": spec.objective, "cap": spec.max_drawdown, "split": spec.split,
                      "trials": spec.num_trials, "concurrency": spec.concurrency,
                      "cpt": spec.cpus_per_trial})
+
+        await self.launch_job(kind, cpus=cpus, memory=memory, package=package, actor=actor, admit=admit,
+                              submit=submit, write_target=write_target)
+        return target_id
+
+    async def launch_job(self, kind: str, *, cpus: float, memory: int, package: Mapping[str, Any] | None,
+                         actor: str, admit: Callable[[], Awaitable[None]], submit: Submit,
+                         write_target: Callable[[AsyncConnection, uuid.UUID], Awaitable[None]] | None = None,
+                         bot_id: uuid.UUID | None = None) -> uuid.UUID:
+        """Admit, write and submit one job under the tenant's job lock; return the job's id."""
+        job_id = uuid.uuid4()
+        async with self._uow() as uow:
+            await uow.conn.execute(text("SELECT pg_advisory_xact_lock(:k)"),
+                                   {"k": _job_lock_key(self._tenant_id)})
+            await admit()
+            await uow.conn.execute(text(
+                "INSERT INTO jobs (id, submission_id, kind, bot_id, package_id, package_sha256, status,"
+                " num_cpus, memory_bytes, created_by) VALUES (:id, :sid, :kind, :bot, :pid, :sha, 'queued',"
+                " :cpus, :mem, :actor)"),
+                {"id": job_id, "sid": f"atp-{job_id}", "kind": kind, "bot": bot_id,
+                 "pid": None if package is None else package["id"],
+                 "sha": None if package is None else package["sha256"], "cpus": cpus, "mem": memory,
+                 "actor": actor})
+            if write_target is not None:
+                await write_target(uow.conn, job_id)
             await submit(job_id)
             await uow.commit()
-        return target_id
+        return job_id
 
     # -- events from the job ---------------------------------------------------------------
 
-    async def apply_event(self, job_id: uuid.UUID, event: Mapping[str, Any]) -> None:
-        """Apply one event of job `job_id` (validated by the route) in one transaction."""
+    async def apply_event(self, job_id: uuid.UUID, event: Mapping[str, Any]) -> tuple[str, uuid.UUID | None]:
+        """Apply one event of job `job_id` (validated by the route) in one transaction.
+
+        Return the job's kind and bot (a bot job's bot is the caller's business).
+        """
         async with self._uow() as uow:
             job = (await uow.conn.execute(text(
-                "SELECT id, kind, status FROM jobs WHERE id = :id FOR UPDATE"), {"id": job_id})).first()
+                "SELECT id, kind, status, bot_id FROM jobs WHERE id = :id FOR UPDATE"),
+                {"id": job_id})).first()
             if job is None:
                 raise NotFound("no such job", code="job_not_found")
             if job.status in FINISHED:
                 raise Conflict(f"the job has already {job.status}", code="job_finished")
-            table = _TARGET[job.kind]
+            table = _TARGET.get(job.kind)
             kind = event["type"]
             if kind in ("backtest", "optimization") and kind != job.kind:
                 raise Invalid(f"a {job.kind} job cannot report a {kind} result", field="type")
@@ -406,7 +425,10 @@ class ResearchStore(TenantScoped):
                 await _set_status(uow.conn, job_id, table, "succeeded")
             elif kind == "failed":
                 await _set_status(uow.conn, job_id, table, "failed", event["message"])
+            elif kind == "stopped":
+                await _set_status(uow.conn, job_id, table, "stopped", event["message"])
             await uow.commit()
+        return job.kind, job.bot_id
 
     async def finish(self, job_id: uuid.UUID, status: str, message: str | None) -> None:
         """Mark an unfinished job (and its target) `status` from what Ray says."""
@@ -414,7 +436,7 @@ class ResearchStore(TenantScoped):
             job = (await uow.conn.execute(text(
                 "SELECT kind, status FROM jobs WHERE id = :id FOR UPDATE"), {"id": job_id})).first()
             if job is not None and job.status not in FINISHED:
-                await _set_status(uow.conn, job_id, _TARGET[job.kind], status, message)
+                await _set_status(uow.conn, job_id, _TARGET.get(job.kind), status, message)
             await uow.commit()
 
     # -- reads ---------------------------------------------------------------------------
@@ -425,6 +447,14 @@ class ResearchStore(TenantScoped):
                 f"SELECT {_JOB_COLUMNS} FROM jobs j LEFT JOIN strategy_packages p ON p.id = j.package_id"
                 " ORDER BY j.created_at DESC LIMIT :l"), {"l": limit})).all()
         return [_row(r) for r in rows]
+
+    async def bot_job(self, bot_id: uuid.UUID) -> dict[str, Any] | None:
+        """The latest job of a bot, if it ever ran as one."""
+        async with self._uow() as uow:
+            row = (await uow.conn.execute(text(
+                f"SELECT {_JOB_COLUMNS} FROM jobs j LEFT JOIN strategy_packages p ON p.id = j.package_id"
+                " WHERE j.bot_id = :b ORDER BY j.created_at DESC LIMIT 1"), {"b": bot_id})).first()
+        return None if row is None else _row(row)
 
     async def job(self, job_id: Any) -> dict[str, Any]:
         key = _uuid(job_id, "job")
@@ -483,8 +513,9 @@ class ResearchStore(TenantScoped):
 
 _PACKAGE_COLUMNS = ("id, name, filename, kind, sha256, size_bytes, strategies, created_by, created_at,"
                     " updated_at")
-_JOB_COLUMNS = ("j.id, j.submission_id, j.kind, p.name AS package, j.package_sha256, j.status, j.num_cpus,"
-                " j.memory_bytes, j.message, j.created_by, j.created_at, j.started_at, j.finished_at,"
+_JOB_COLUMNS = ("j.id, j.submission_id, j.kind, j.bot_id, p.name AS package, j.package_sha256, j.status,"
+                " j.num_cpus, j.memory_bytes, j.message, j.created_by, j.created_at, j.started_at,"
+                " j.finished_at,"
                 " (SELECT b.id FROM backtests b WHERE b.job_id = j.id) AS backtest_id,"
                 " (SELECT o.id FROM optimizations o WHERE o.job_id = j.id) AS optimization_id")
 _BACKTEST_SUMMARY = ("id, job_id, strategy, params, symbols, start_at, end_at, data, capital, fee_bps,"
@@ -530,7 +561,7 @@ def _unpack(content: bytes) -> dict[str, bytes]:
         return {name: archive.read(name) for name in archive.namelist()}
 
 
-async def _set_status(conn: AsyncConnection, job_id: uuid.UUID, table: str, status: str,
+async def _set_status(conn: AsyncConnection, job_id: uuid.UUID, table: str | None, status: str,
                       message: str | None = None) -> None:
     done = status in FINISHED
     await conn.execute(text(
@@ -538,6 +569,8 @@ async def _set_status(conn: AsyncConnection, job_id: uuid.UUID, table: str, stat
         " started_at = CASE WHEN :s = 'running' THEN coalesce(started_at, now()) ELSE started_at END,"
         " finished_at = CASE WHEN :done THEN now() ELSE finished_at END WHERE id = :j"),
         {"s": status, "m": message, "done": done, "j": job_id})
+    if table is None:  # a bot's job: the bot's status is the runtime's
+        return
     progress = ", progress = 1" if status == "succeeded" and table == "backtests" else ""
     await conn.execute(text(
         f"UPDATE {table} SET status = :s, error = CASE WHEN :s IN ('failed', 'stopped') THEN :m"

@@ -40,6 +40,8 @@ class BotCreate(Request):
                                    description="strategy parameters; defaults fill the rest")
     capital: Number = Field(description="starting cash of the bot's paper account, > 0")
     resources: BotResources | None = None
+    package: str | None = Field(default=None, description="an uploaded strategy package: the bot "
+                                "runs that code as a Ray job (strategy: one of its strategies)")
 
 
 class BotPatch(Request):
@@ -73,6 +75,7 @@ class BotOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     version: int
+    package: str | None = Field(default=None, description="the strategy package it runs, if any")
 
     @classmethod
     def of(cls, bot: Bot) -> BotOut:
@@ -82,7 +85,7 @@ class BotOut(BaseModel):
                                              num_gpus=bot.num_gpus),
                    account=bot.account, status=bot.status,
                    last_error=bot.last_error, created_at=bot.created_at,
-                   updated_at=bot.updated_at, version=bot.version)
+                   updated_at=bot.updated_at, version=bot.version, package=bot.package)
 
 
 class StrategyParamOut(BaseModel):

@@ -8,6 +8,7 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from actors.bots import BotSpec, BotStore
+from actors.package_bots import refresh_package_bot
 from serve.deps import ServicesDep, TraderDep, ViewerDep, tenant_of
 from serve.schemas_trading import BotCreate, BotOut, BotPatch, StrategyOut
 from tenancy.auth import Principal
@@ -36,8 +37,12 @@ async def list_bots(principal: ViewerDep, services: ServicesDep) -> list[BotOut]
 
 @router.get("/bots/{bot_id}", response_model=BotOut)
 async def get_bot(bot_id: str, principal: ViewerDep, services: ServicesDep) -> BotOut:
-    """One bot; an unknown id, or another tenant's, is a 404."""
-    return BotOut.of(await _store(principal, services).get(bot_id))
+    """One bot; an unknown id, or another tenant's, is a 404. A package bot whose job has
+    ended shows as stopped or error (with the job's last log lines)."""
+    tenant = tenant_of(principal)
+    bot = await _store(principal, services).get(bot_id)
+    return BotOut.of(await refresh_package_bot(services.settings, services.db, tenant.id, tenant.slug, bot,
+                                               services.jobs))
 
 
 @router.patch("/bots/{bot_id}", response_model=BotOut)

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import HTMLResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from actors import package_bots
 from actors.bots import BotStore
 from actors.jobs import admit_job, log_tail
 from actors.research import (
@@ -406,14 +407,20 @@ class OptimizationDone(_Event):
     out_of_sample: Judged
 
 
+class Stopped(_Event):
+    type: Literal["stopped"]
+    message: str = Field(max_length=2000)
+
+
 class Failed(_Event):
     type: Literal["failed"]
     message: str = Field(max_length=8000)
     field: str | None = Field(default=None, max_length=200)
 
 
-JobEvent = TypeAdapter(Annotated[Started | Progress | Trial | BacktestDone | OptimizationDone | Failed,
-                                 Field(discriminator="type")])
+JobEvent = TypeAdapter(Annotated[
+    Started | Progress | Trial | BacktestDone | OptimizationDone | Failed | Stopped,
+    Field(discriminator="type")])
 
 
 def _finite(value: Any) -> Any:
@@ -439,5 +446,13 @@ async def job_event(job_id: str, request: Request, principal: PrincipalDep, serv
     data = event.model_dump(mode="json")
     if isinstance(event, BacktestDone):
         data["trades"] = [t.model_dump() for t in event.trades]  # typed for the insert
-    await _store(principal, services).apply_event(uuid.UUID(job_id), _finite(data))
+    kind, bot_id = await _store(principal, services).apply_event(uuid.UUID(job_id), _finite(data))
+    if kind == "bot" and bot_id is not None:
+        tenant = tenant_of(principal)
+        args = (services.settings, services.db, tenant.id, tenant.slug, bot_id)
+        if isinstance(event, Started):
+            await package_bots.bot_started(*args)
+        elif isinstance(event, Failed | Stopped):
+            await package_bots.bot_job_ended(*args, "failed" if isinstance(event, Failed) else "stopped",
+                                             event.message)
 

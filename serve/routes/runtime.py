@@ -10,9 +10,11 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from fastapi import APIRouter, Response
+from fastapi import Request as FastRequest
 from pydantic import Field
 
-from actors import supervisor
+from actors import package_bots, supervisor
+from actors.bots import BotStore
 from actors.calls import call
 from actors.execution import order_view
 from actors.store import TradingStore
@@ -49,11 +51,24 @@ class KillSwitch(Request):
 
 
 @router.post("/bots/{bot_id}/start", response_model=BotOut)
-async def start_bot(bot_id: str, principal: TraderDep, services: ServicesDep) -> BotOut:
-    """Admit the bot against the plan (403 quota_exceeded) and start its actors."""
+async def start_bot(bot_id: str, request: FastRequest, principal: TraderDep, services: ServicesDep
+                    ) -> BotOut:
+    """Admit the bot against the plan (403 quota_exceeded) and start its actors.
+
+    A bot of an uploaded package starts as a Ray job (``starting`` until its strategy's
+    actor is ready; see docs/research.md).
+    """
     tenant = tenant_of(principal)
     async with services.db.platform() as uow:
         plan = await get_plan(uow.conn, tenant.plan)
+    bot = await BotStore(services.db, tenant.id, tenant.slug).get(bot_id)
+    if bot.package is not None:
+        settings = services.settings
+        return BotOut.of(await package_bots.start_package_bot(
+            settings, services.db, tenant.id, tenant.slug, plan, bot.id, jobs=services.jobs,
+            api_url=settings.internal_api_url or str(request.base_url),
+            token_for=lambda job_id: services.auth.job_token(job_id, tenant.id, settings.job_max_seconds),
+            actor=principal.actor))
     return BotOut.of(await supervisor.start_bot(services.settings, services.db, tenant.id,
                                                 tenant.slug, plan, bot_id))
 
@@ -61,6 +76,10 @@ async def start_bot(bot_id: str, principal: TraderDep, services: ServicesDep) ->
 @router.post("/bots/{bot_id}/stop", response_model=BotOut)
 async def stop_bot(bot_id: str, principal: TraderDep, services: ServicesDep) -> BotOut:
     tenant = tenant_of(principal)
+    bot = await BotStore(services.db, tenant.id, tenant.slug).get(bot_id)
+    if bot.package is not None:
+        return BotOut.of(await package_bots.stop_package_bot(
+            services.settings, services.db, tenant.id, tenant.slug, bot.id, services.jobs, principal.actor))
     return BotOut.of(await supervisor.stop_bot(services.settings, services.db, tenant.id,
                                                tenant.slug, bot_id))
 

@@ -8,6 +8,8 @@
   equity curve (at most a few thousand points) and its trades.
 - ``optimizations`` / ``optimization_trials``: a Tune search, its trials and the best
   parameters with their in-sample and out-of-sample results.
+- ``bots.package``: a bot whose strategy comes from an uploaded package runs as a job
+  (``jobs.kind = 'bot'``, ``jobs.bot_id``).
 
 Revision ID: t0005
 Revises: t0004
@@ -43,7 +45,8 @@ def upgrade() -> None:
     CREATE TABLE jobs (
         id uuid PRIMARY KEY,
         submission_id text NOT NULL UNIQUE,
-        kind text NOT NULL CHECK (kind IN ('backtest', 'optimization')),
+        kind text NOT NULL CHECK (kind IN ('backtest', 'optimization', 'bot')),
+        bot_id uuid REFERENCES bots(id) ON DELETE SET NULL,
         package_id uuid REFERENCES strategy_packages(id) ON DELETE SET NULL,
         package_sha256 text,
         status text NOT NULL CHECK (status IN {_STATUS}),
@@ -56,6 +59,8 @@ def upgrade() -> None:
         finished_at timestamptz
     )""")
     op.execute("CREATE INDEX jobs_created ON jobs (created_at DESC)")
+    op.execute("CREATE INDEX jobs_bot ON jobs (bot_id, created_at DESC) WHERE bot_id IS NOT NULL")
+    op.execute("ALTER TABLE bots ADD COLUMN package text CHECK (package ~ '^[a-z][a-z0-9_]{0,63}$')")
     op.execute(f"""
     CREATE TABLE backtests (
         id uuid PRIMARY KEY,
@@ -142,3 +147,4 @@ def downgrade() -> None:
     for table in ("optimization_trials", "optimizations", "backtest_trades", "backtests", "jobs",
                   "strategy_packages"):
         op.execute(f"DROP TABLE IF EXISTS {table}")
+    op.execute("ALTER TABLE bots DROP COLUMN IF EXISTS package")
