@@ -287,6 +287,11 @@ async def reconcile(settings: Settings, db: Database) -> list[str]:
                 continue  # alive: nothing to do
             except ValueError:
                 pass
+            if bot.package is not None:  # its job ended with the cluster: started by hand again
+                await store.set_status(bot.id, "error", "the platform restarted without its job; "
+                                                        "start the bot again")
+                report.append(f"{tenant.slug}/{bot.name}: error (package bot, job gone)")
+                continue
             await store.set_status(bot.id, "stopped")
             try:
                 await start_bot(settings, db, tenant.id, tenant.slug, plans[tenant.plan], bot.id)
