@@ -1,9 +1,10 @@
 """The vectorised fast path: signals computed on whole numpy arrays, then the same fills.
 
 For a strategy whose decisions are a pure function of its bars (`sma_crossover` here),
-the signals are computed at once with numpy, and only the bars that trade are touched one
-by one. The result is the event-driven backtester's, trade for trade, on the same bars of
-one symbol with no open-order interplay (market orders, no latency, no volume cap):
+the signals, the orders, their prices and fees and the equity curve are computed on whole
+numpy arrays; only the `Fill` objects are built one by one. The result is the
+event-driven backtester's, trade for trade, on the same bars of one symbol with no
+open-order interplay (market orders, no latency, no volume cap):
 
 * the signal at bar ``t`` is that of `trading.builtin_strategies.sma_crossover_signals`,
   computed exactly on integer prices (prices times ``10**decimals``), in int64 when the
@@ -17,6 +18,11 @@ one symbol with no open-order interplay (market orders, no latency, no volume ca
   the last bar never fills;
 * equity is marked at each bar's close, as ``cash + position * close`` (float64 for the
   curve, exact `Decimal` for the final value).
+
+Prices, fees and cash are exact: in int64 multiples of ``10**-k`` (the tick, the fee
+quantum) when every product and sum is bounded below ``2**62``, which is also where the
+broker's `Decimal` arithmetic is exact, and otherwise with the broker's own `Decimal`
+operations, trade by trade.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, getcontext
+from math import gcd
 from typing import Any
 
 import numpy as np
@@ -39,6 +46,10 @@ from trading.values import ZERO, Money, bps, money, non_negative, price
 from trading.values import quantity as to_quantity
 
 _INT64_SAFE = 2 ** 62
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SIDES = np.array([Side.SELL, Side.BUY], dtype=object)
+
+IntArray = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True)
@@ -96,13 +107,18 @@ class VectorResult:
     @property
     def equity_curve(self) -> list[tuple[datetime, float]]:
         """Return the equity curve as ``(ts, equity)`` points, like `BacktestResult.equity_curve`."""
-        return [(datetime.fromtimestamp(int(t) // 10**9, UTC).replace(microsecond=int(t) % 10**9 // 1000),
-                 float(e)) for t, e in zip(self.ts, self.equity, strict=True)]
+        return list(zip(_datetimes(self.ts), self.equity.tolist(), strict=True))
 
 
 def _ns(ts: datetime) -> int:
-    delta = ts - datetime(1970, 1, 1, tzinfo=UTC)
+    delta = ts - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 10**9 + delta.microseconds * 1000
+
+
+def _datetimes(ns: IntArray) -> list[datetime]:
+    """Return the UTC datetimes of epoch nanoseconds (down to the microsecond)."""
+    since = (ns // 1000).view("timedelta64[us]").astype(object).tolist()
+    return list(map(_EPOCH.__add__, since))
 
 
 def sma_crossover_signals_np(closes: npt.NDArray[Any], fast: int, slow: int) -> npt.NDArray[np.int8]:
@@ -117,22 +133,145 @@ def sma_crossover_signals_np(closes: npt.NDArray[Any], fast: int, slow: int) -> 
     signals = np.zeros(n, dtype=np.int8)
     if n <= slow:
         return signals
-    big = int(np.abs(closes).max()) * slow * slow >= _INT64_SAFE
-    values = closes.astype(object) if big else closes.astype(np.int64)
-    prefix = np.concatenate([np.zeros(1, dtype=values.dtype), np.cumsum(values)])
-    t = np.arange(slow - 1, n)
-    diff = (prefix[t + 1] - prefix[t + 1 - fast]) * slow - (prefix[t + 1] - prefix[t + 1 - slow]) * fast
-    current, previous = diff[1:], diff[:-1]
-    up = np.asarray((current > 0) & (previous <= 0), dtype=bool)
-    down = np.asarray((current < 0) & (previous >= 0), dtype=bool)
-    signals[slow:] = up.astype(np.int8) - down.astype(np.int8)
+    big = max(int(closes.max()), -int(closes.min())) * slow * slow >= _INT64_SAFE
+    values = closes.astype(object) if big else closes.astype(np.int64, copy=False)
+    prefix = np.zeros(n + 1, dtype=values.dtype)
+    np.cumsum(values, out=prefix[1:])
+    # diff[j] compares the averages of the windows ending at bar slow - 1 + j
+    diff = prefix[slow:] - prefix[slow - fast:n + 1 - fast]
+    diff *= slow
+    diff -= (prefix[slow:] - prefix[:n + 1 - slow]) * fast
+    above, below = diff > 0, diff < 0
+    # a cross up: above now and not before; a cross down: below now and not before
+    np.subtract((above[1:] > above[:-1]).view(np.int8), (below[1:] > below[:-1]).view(np.int8),
+                out=signals[slow:])
     return signals
+
+
+def _orders(signals: npt.NDArray[Any], allow_short: bool) -> tuple[IntArray, npt.NDArray[np.bool_],
+                                                                   npt.NDArray[np.bool_]]:
+    """Return the bars the orders fill on, whether each buys, and whether it flips (twice the size).
+
+    A +1 makes the position `quantity`, a -1 makes it the target (flat or short); an order
+    is placed only when the target differs from the position. The position starts flat,
+    which is the target of a -1 when long-only, and neither target when shorts are allowed.
+    """
+    placed = np.flatnonzero(signals[:-1])
+    long = signals[placed] > 0
+    acts = np.empty(len(long), dtype=bool)
+    acts[1:] = long[1:] != long[:-1]
+    if len(long):
+        acts[0] = bool(long[0]) or allow_short
+    flips = np.zeros(int(acts.sum()), dtype=bool)
+    if allow_short:
+        flips[1:] = True
+    return placed[acts] + 1, long[acts], flips
+
+
+def _scaled(value: Decimal) -> tuple[int, int]:
+    """Return ``(m, e)`` with ``value == m * 10**-e`` exactly and ``e >= 0``."""
+    sign, digits, exponent = value.as_tuple()
+    if not isinstance(exponent, int):
+        raise Invalid("the value must be finite", field="value")
+    m = int("".join(map(str, digits))) * (-1 if sign else 1)
+    return (m * 10**exponent, 0) if exponent >= 0 else (m, -exponent)
+
+
+@dataclass(frozen=True)
+class _Exact:
+    """Prices in ticks, fees in ``FEE_QUANTUM`` and cash in ``10**-scale``: int64, exact."""
+
+    ticks: IntArray
+    fees: IntArray
+    cash: IntArray  # cash after each bar's fill, before marking the position
+    scale: int
+
+
+def _half_even(x: IntArray, d: int) -> IntArray:
+    if d == 1:
+        return x
+    q, r = np.divmod(x, d)
+    return q + ((2 * r > d) | ((2 * r == d) & (q % 2 == 1)))
+
+
+def _exact_ints(bars: BarArrays, at: IntArray, buy: npt.NDArray[np.bool_], flips: npt.NDArray[np.bool_], *,
+                size: Decimal, cash0: Decimal, fee: Decimal, slip: Decimal,
+                tick: Decimal) -> _Exact | None:
+    """Compute the fills' prices, fees and the cash exactly in int64; None where that could overflow.
+
+    It also declines opens off the ``10**-decimals`` grid and a `Decimal` context of
+    fewer than 28 digits, where `_exact_decimals` (the broker's own arithmetic) applies.
+    """
+    scale = 10 ** bars.decimals
+    opens_f = bars.open[at]
+    if getcontext().prec < 28 or bars.decimals > 15 or (
+            len(at) and float(np.abs(opens_f).max()) * scale >= 1e15):
+        return None
+    opens = np.rint(opens_f * scale).astype(np.int64)
+    if not np.array_equal(opens / scale, opens_f):
+        return None
+    (s, s_e), (t, t_e), (q, q_e), (f, f_e), (c, c_e) = map(_scaled, (slip, tick, size, fee, cash0))
+    # the slipped price in ticks: open * (10**(s_e + 4) +- s) * 10**shift / t, rounded against the trader
+    shift = t_e - bars.decimals - s_e - 4
+    up = (10 ** (s_e + 4) + s) * 10 ** max(shift, 0)
+    down = (10 ** (s_e + 4) - s) * 10 ** max(shift, 0)
+    den = t * 10 ** max(-shift, 0)
+    g = gcd(up, down, den)
+    up, down, den = up // g, down // g, den // g
+    most = int(np.abs(opens).max()) if len(at) else 0
+    if max(max(most, 1) * max(abs(up), abs(down)), den) >= _INT64_SAFE:
+        return None
+    moved = opens * np.where(buy, up, down)
+    ticks = np.maximum(np.where(buy, -(-moved // den), moved // den), 1)
+    # the fee in FEE_QUANTUM: (1 or 2) * ticks * q * t * f * 10**places, rounded half-even
+    places = 8 - q_e - t_e - f_e - 4
+    per_tick, fee_den = q * t * f * 10 ** max(places, 0), 10 ** max(-places, 0)
+    g = gcd(per_tick, fee_den)
+    per_tick, fee_den = per_tick // g, fee_den // g
+    # the cash in 10**-cash_e: the capital, less each fill's signed notional and its fee
+    cash_e = max(q_e + t_e, 8, c_e)
+    notional_per_tick, fee_scale = q * t * 10 ** (cash_e - q_e - t_e), 10 ** (cash_e - 8)
+    cash_units = c * 10 ** (cash_e - c_e)
+    top = int(ticks.max()) if len(at) else 1
+    largest_fee = 2 * per_tick * top // fee_den + 1
+    if max(2 * per_tick * top, fee_den, abs(cash_units) + max(len(at), 1) * (
+            2 * notional_per_tick * top + largest_fee * fee_scale)) >= _INT64_SAFE:
+        return None
+    times = np.where(flips, 2, 1)
+    fees = _half_even(ticks * times * per_tick, fee_den)
+    flows = np.zeros(len(bars), dtype=np.int64)
+    flows[at] = -(np.where(buy, times, -times) * ticks * notional_per_tick + fees * fee_scale)
+    np.cumsum(flows, out=flows)
+    flows += cash_units
+    return _Exact(ticks, fees, flows, cash_e)
 
 
 def _slip(px: Decimal, buy: bool, slippage_bps: Decimal, tick: Decimal) -> Decimal:
     moved = px + bps(px, slippage_bps) if buy else px - bps(px, slippage_bps)
     units = (moved / tick).to_integral_value(rounding=ROUND_CEILING if buy else ROUND_FLOOR)
     return max(tick, units * tick)
+
+
+def _fills(bars: BarArrays, at: IntArray, buy: npt.NDArray[np.bool_], quantities: list[Decimal],
+           prices: list[Decimal], fees: list[Decimal], prefix: str) -> list[Fill]:
+    """Build the fills, ids ``<prefix>-<n>:1``.
+
+    Each `Fill` is filled in directly, without its one-by-one checks: what they check holds
+    by construction here (exact finite `Decimal` values, the quantity positive as checked
+    by `execute_signals`, prices at least one tick, fees of non-negative rates).
+    """
+    new, put = object.__new__, object.__setattr__
+    out: list[Fill] = []
+    add = out.append
+    symbol = bars.symbol
+    for n, side, qty, px, cost, when in zip(range(1, len(at) + 1), _SIDES[buy.view(np.int8)].tolist(),
+                                            quantities, prices, fees, _datetimes(bars.ts[at]), strict=True):
+        fill = new(Fill)
+        cid = f"{prefix}-{n}"
+        put(fill, "__dict__", {"fill_id": f"{cid}:1", "client_order_id": cid, "symbol": symbol, "side": side,
+                               "quantity": qty, "price": px, "fee": cost, "ts": when})
+        add(fill)
+    return out
 
 
 def execute_signals(bars: BarArrays, signals: npt.NDArray[Any], *, quantity: Any, allow_short: bool,
@@ -151,38 +290,59 @@ def execute_signals(bars: BarArrays, signals: npt.NDArray[Any], *, quantity: Any
     n = len(bars)
     if len(signals) != n:
         raise Invalid("signals must have one value per bar", field="signals")
-    nonzero = np.flatnonzero(np.asarray(signals[: max(n - 1, 0)]))
-    fills: list[Fill] = []
-    position, cash = ZERO, cash0
-    target_short = -size if allow_short else ZERO
-    qty_float = np.zeros(n)
-    cash_float = np.zeros(n)
-    for t in nonzero.tolist():
-        want = int(signals[t])
-        if want > 0:
-            if position > 0:
-                continue
-            side, qty = Side.BUY, size - position
-        else:
-            if position <= target_short:
-                continue
-            side, qty = Side.SELL, position - target_short
-        px = _slip(Decimal(repr(float(bars.open[t + 1]))), side is Side.BUY, slip, step)
-        cost = bps(qty * px, fee).quantize(FEE_QUANTUM, rounding=ROUND_HALF_EVEN)
-        cid = f"{prefix}-{len(fills) + 1}"
-        ns = int(bars.ts[t + 1])
-        when = datetime.fromtimestamp(ns // 10**9, UTC).replace(microsecond=ns % 10**9 // 1000)
-        fills.append(Fill(fill_id=f"{cid}:1", client_order_id=cid, symbol=bars.symbol, side=side,
-                          quantity=qty, price=px, fee=cost, ts=when))
-        signed = qty * side.sign
-        position += signed
-        cash -= signed * px + cost
-        qty_float[t + 1] += float(signed)
-        cash_float[t + 1] -= float(signed * px + cost)
-    held = np.cumsum(qty_float)
-    equity = float(cash0) + np.cumsum(cash_float) + held * bars.close
+    at, buy, flips = _orders(np.asarray(signals), allow_short)
+    sizes = (size, size + size)
+    quantities = [size] * len(at) if not allow_short else _object_take(sizes, flips)
+    exact = _exact_ints(bars, at, buy, flips, size=size, cash0=cash0, fee=fee, slip=slip, tick=step)
+    if exact is not None:
+        # one Decimal per distinct price and fee; with no flips the fee follows from the price
+        ticks, first, at_tick = np.unique(exact.ticks, return_index=True, return_inverse=True)
+        prices = _object_take([Decimal(v) * step for v in ticks.tolist()], at_tick)
+        quanta, at_fee = (exact.fees[first], at_tick) if not flips.any() else np.unique(
+            exact.fees, return_inverse=True)
+        fees = _object_take([FEE_QUANTUM * v for v in quanta.tolist()], at_fee)
+        cash_curve = exact.cash.astype(np.float64)
+        cash_curve /= 10.0**exact.scale
+        cash = Decimal(int(exact.cash[-1])).scaleb(-exact.scale) if n else cash0
+    else:
+        prices, fees, cash, cash_curve = _exact_decimals(bars, at, buy, quantities, cash0=cash0, fee=fee,
+                                                         slip=slip, tick=step)
+    equity = np.zeros(n)  # the position, in units of `size`, then marked to the close
+    equity[at] = np.where(buy, 1.0, -1.0) * np.where(flips, 2.0, 1.0)
+    np.cumsum(equity, out=equity)
+    position = size * int(equity[-1]) if n else ZERO
+    equity *= float(size)
+    equity *= bars.close
+    equity += cash_curve
     final = cash + position * Decimal(repr(float(bars.close[-1]))) if n else cash0
+    fills = _fills(bars, at, buy, quantities, prices, fees, prefix)
     return VectorResult(bars.symbol, cash0, fills, bars.ts, equity, final)
+
+
+def _object_take(values: Sequence[Any], where: npt.NDArray[Any]) -> list[Any]:
+    """Return ``[values[i] for i in where]``."""
+    table = np.empty(len(values), dtype=object)
+    table[:] = list(values)
+    return list(table[where.astype(np.intp)].tolist())
+
+
+def _exact_decimals(bars: BarArrays, at: IntArray, buy: npt.NDArray[np.bool_], quantities: list[Decimal], *,
+                    cash0: Decimal, fee: Decimal, slip: Decimal,
+                    tick: Decimal) -> tuple[list[Decimal], list[Decimal], Decimal, npt.NDArray[np.float64]]:
+    """Price the fills trade by trade with the broker's `Decimal` operations; return the cash too."""
+    prices: list[Decimal] = []
+    fees: list[Decimal] = []
+    flows = np.zeros(len(bars))
+    cash = cash0
+    for bar, is_buy, qty in zip(at.tolist(), buy.tolist(), quantities, strict=True):
+        px = _slip(Decimal(repr(float(bars.open[bar]))), is_buy, slip, tick)
+        cost = bps(qty * px, fee).quantize(FEE_QUANTUM, rounding=ROUND_HALF_EVEN)
+        flow = (qty * px if is_buy else -qty * px) + cost
+        cash -= flow
+        flows[bar] = -float(flow)
+        prices.append(px)
+        fees.append(cost)
+    return prices, fees, cash, float(cash0) + np.cumsum(flows)
 
 
 def run_vector_backtest(strategy: str, params: Mapping[str, Any], bars: BarArrays | Sequence[Bar], *,
@@ -199,9 +359,9 @@ def run_vector_backtest(strategy: str, params: Mapping[str, Any], bars: BarArray
         raise Invalid(f"strategy {cls.name!r} has no vectorised path; known: sma_crossover",
                       field="strategy")
     p = cls([arrays.symbol], **dict(params)).p
-    scale = 10 ** arrays.decimals
-    closes = np.rint(arrays.close * scale)
-    if closes.size and float(np.abs(closes).max()) >= 2 ** 53:
+    closes = arrays.close * 10**arrays.decimals
+    np.rint(closes, out=closes)
+    if closes.size and max(float(closes.max()), -float(closes.min())) >= 2 ** 53:
         raise Invalid("prices are too large for exact float arithmetic", field="bars")
     signals = sma_crossover_signals_np(closes.astype(np.int64), int(p.fast), int(p.slow))
     return execute_signals(arrays, signals, quantity=p.quantity, allow_short=bool(p.allow_short),
