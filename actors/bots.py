@@ -18,7 +18,7 @@ import json
 import math
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from tenancy.db import TenantScoped
 from trading.errors import Conflict, Invalid, NotFound
 from trading.instruments import validate_symbol
-from trading.strategy import NAME_RE, Params, Strategy, get_strategy
+from trading.strategy import NAME_RE, Params, Strategy, get_strategy, resolve_params
 from trading.values import to_decimal
 
 MIB = 1024 * 1024
@@ -205,7 +205,7 @@ class BotStore(TenantScoped):
             raise Invalid("spec must be a BotSpec", field=None)
         async with self._uow() as uow:
             if spec.package is not None:
-                await _check_package(uow.conn, spec.package, spec.strategy)
+                spec = replace(spec, params=Params(await _package_params(uow.conn, spec)))
             row = (await uow.conn.execute(text(
                 f"INSERT INTO bots (id, name, strategy, params, symbols, capital, num_cpus,"
                 f" memory_bytes, num_gpus, package) VALUES (:id, :name, :strategy,"
@@ -260,6 +260,8 @@ class BotStore(TenantScoped):
             if not changes:
                 return bot
             spec = BotSpec.validate(_merged(bot.spec().to_dict(), changes))
+            if spec.package is not None:
+                spec = replace(spec, params=Params(await _package_params(uow.conn, spec)))
             try:
                 row = (await uow.conn.execute(text(
                     f"UPDATE bots SET name = :name, strategy = :strategy,"
@@ -343,17 +345,22 @@ def _symbols(value: Any) -> tuple[str, ...]:
     return checked
 
 
-async def _check_package(conn: AsyncConnection, package: str, strategy: str) -> None:
-    """Refuse a package that is not uploaded, or that does not declare `strategy`."""
-    found = (await conn.execute(text("SELECT strategies FROM strategy_packages WHERE name = :n"),
-                                {"n": package})).first()
+async def _package_params(conn: AsyncConnection, spec: BotSpec) -> dict[str, Any]:
+    """A package bot's parameters checked against what its strategy declares (defaults filled).
+
+    Refuse a package that is not uploaded, or that does not declare the strategy.
+    """
+    from actors.research import declared_params  # the package store lives with the research runs
+
+    found = (await conn.execute(text("SELECT name, strategies FROM strategy_packages WHERE name = :n"),
+                                {"n": spec.package})).first()
     if found is None:
-        raise Invalid(f"no strategy package {package!r}: upload it first (PUT /v1/strategy-packages/"
-                      f"{package})", field="package")
-    strategies = found.strategies if isinstance(found.strategies, list) else json.loads(found.strategies)
-    names = [s["name"] for s in strategies]
-    if strategy not in names:
-        raise Invalid(f"package {package!r} defines {', '.join(names)}, not {strategy!r}", field="strategy")
+        raise Invalid(f"no strategy package {spec.package!r}: upload it first (PUT /v1/strategy-packages/"
+                      f"{spec.package})", field="package")
+    package = {"name": found.name, "strategies": found.strategies if isinstance(found.strategies, list)
+               else json.loads(found.strategies)}
+    values = resolve_params(declared_params(package, spec.strategy), spec.params, spec.strategy)
+    return {key: str(v) if isinstance(v, Decimal) else v for key, v in values.items()}
 
 
 def _json_params(value: Any) -> dict[str, Any]:

@@ -310,6 +310,18 @@ def run_optimization_job(config: dict[str, Any], reporter: Reporter) -> None:
                    "out_of_sample": oos})
 
 
+def run_inspect_job(config: Mapping[str, Any], reporter: Reporter) -> None:
+    """Describe the package's strategies (their declared parameters) once imported."""
+    registered = strategies()
+    described = []
+    for found in config["package_strategies"]:
+        cls = registered[found["name"]]
+        description = cls.describe()
+        described.append({**found, "description": description["description"],
+                          "params": description["params"]})
+    reporter.send({"type": "inspected", "strategies": described})
+
+
 def run_bot_job(config: dict[str, Any], reporter: Reporter) -> None:
     """Create the bot's strategy actor, say so, then watch it until it stops or fails."""
     import ray
@@ -349,6 +361,8 @@ def main() -> int:
             reporter.send({"type": "started"})
         if config["kind"] == "backtest":
             run_backtest_job(config, reporter)
+        elif config["kind"] == "inspect":
+            run_inspect_job(config, reporter)
         elif config["kind"] == "bot":
             run_bot_job(config, reporter)
         else:

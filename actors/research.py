@@ -32,7 +32,7 @@ from trading.errors import Conflict, Invalid, NotFound
 from trading.instruments import validate_symbol
 from trading.packages import PackageInfo
 from trading.research import OBJECTIVES, SearchSpace, split_at
-from trading.strategy import NAME_RE, get_strategy, strategies
+from trading.strategy import NAME_RE, Param, get_strategy, resolve_params, strategies
 from trading.values import money, non_negative
 
 MIB = 1024 * 1024
@@ -193,10 +193,8 @@ def parse_run(body: Mapping[str, Any], package: Mapping[str, Any] | None, *,
         params = {k: str(v) if isinstance(v, Decimal) else v
                   for k, v in cls(list(checked), **params).p.items()}
     else:
-        names = [s["name"] for s in package["strategies"]]
-        if strategy not in names:
-            raise Invalid(f"package {package['name']!r} defines {', '.join(names)}, not {strategy!r}",
-                          field="strategy")
+        declared = declared_params(package, strategy)
+        params = _plain_params(resolve_params(declared, params, strategy))
     resources = _object(body.get("resources"), "resources")
     _refuse_unknown(resources, ("num_cpus", "memory_mb"), "resources.")
     capital = money(body.get("capital", "100000"), field="capital")
@@ -223,17 +221,12 @@ OPTIMIZATION_KEYS = ("search_space", "objective", "max_drawdown", "in_sample", "
 def parse_optimization(body: Mapping[str, Any], package: Mapping[str, Any] | None) -> OptimizationSpec:
     run = parse_run(body, package, default_cpus=DEFAULT_DRIVER_CPUS, extra=OPTIMIZATION_KEYS)
     space = body.get("search_space")
-    if package is None:
-        search = SearchSpace.parse(space, get_strategy(run.strategy).params, fixed=body.get("params"))
-        fixed = {k: v for k, v in run.params.items() if k not in search.as_dict()}
-        run = RunSpec(**{**run.__dict__, "params": fixed})
-        space_json = search.as_dict()
-    else:
-        named = isinstance(space, Mapping) and all(
-            isinstance(k, str) and NAME_RE.fullmatch(k) and isinstance(v, Mapping) for k, v in space.items())
-        if not space or not named:
-            raise Invalid("search_space must map parameter names to objects", field="search_space")
-        space_json = dict(space)
+    declared = (get_strategy(run.strategy).params if package is None
+                else declared_params(package, run.strategy))
+    search = SearchSpace.parse(space, declared, fixed=body.get("params"))
+    fixed = {k: v for k, v in run.params.items() if k not in search.as_dict()}
+    run = RunSpec(**{**run.__dict__, "params": fixed})
+    space_json = search.as_dict()
     objective = body.get("objective", "sharpe")
     if objective not in OBJECTIVES:
         raise Invalid(f"objective must be one of {', '.join(OBJECTIVES)}", field="objective")
@@ -249,6 +242,27 @@ def parse_optimization(body: Mapping[str, Any], package: Mapping[str, Any] | Non
         memory_per_trial=int(_number(body.get("memory_per_trial_mb", DEFAULT_TRIAL_MEMORY_MB),
                                      "memory_per_trial_mb", MIN_MEMORY_MB, MAX_MEMORY_MB)) * MIB,
         seed=_integer(body.get("seed", 0), "seed", 0, 2**31 - 1))
+
+
+def check_names(info: PackageInfo) -> None:
+    """Refuse a package whose strategy takes a built-in strategy's name."""
+    clash = sorted({s.name for s in info.strategies} & set(strategies()))
+    if clash:
+        raise Invalid(f"strategy name {clash[0]!r} is a built-in strategy's; choose another name",
+                      field="file")
+
+
+def declared_params(package: Mapping[str, Any], strategy: str) -> dict[str, Param]:
+    """The parameters a package's strategy declares, as its inspect job described them."""
+    for found in package["strategies"]:
+        if found["name"] == strategy:
+            return {k: Param.from_description(v) for k, v in (found.get("params") or {}).items()}
+    names = ", ".join(s["name"] for s in package["strategies"])
+    raise Invalid(f"package {package['name']!r} defines {names}, not {strategy!r}", field="strategy")
+
+
+def _plain_params(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: str(v) if isinstance(v, Decimal) else v for k, v in values.items()}
 
 
 def _job_lock_key(tenant_id: uuid.UUID) -> int:
@@ -275,15 +289,14 @@ class ResearchStore(TenantScoped):
 
     # -- packages ------------------------------------------------------------------------
 
-    async def put_package(self, name: str, filename: str, info: PackageInfo, actor: str) -> dict[str, Any]:
-        """Store (or replace) the package `name`; return its description."""
+    async def put_package(self, name: str, filename: str, info: PackageInfo, actor: str,
+                          described: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Store (or replace) the package `name` with its strategies as its inspect job
+        `described` them (module, class, name, description, declared parameters)."""
         if not isinstance(name, str) or not NAME_RE.fullmatch(name):
             raise Invalid("a package name is lower-case snake case (letters, digits, underscores)",
                           field="name")
-        clash = sorted({s.name for s in info.strategies} & set(strategies()))
-        if clash:
-            raise Invalid(f"strategy name {clash[0]!r} is a built-in strategy's; choose another name",
-                          field="file")
+        check_names(info)
         content = _pack(info)
         async with self._uow() as uow:
             row = (await uow.conn.execute(text(
@@ -296,7 +309,7 @@ class ResearchStore(TenantScoped):
                 f" RETURNING {_PACKAGE_COLUMNS}"),
                 {"id": uuid.uuid4(), "name": name, "filename": filename[:200], "kind": info.kind,
                  "sha": info.sha256, "size": len(content), "content": content,
-                 "strategies": json.dumps([s.as_dict() for s in info.strategies]), "actor": actor})).one()
+                 "strategies": json.dumps(list(described)), "actor": actor})).one()
             await uow.commit()
         return _package(row)
 
@@ -425,6 +438,10 @@ class ResearchStore(TenantScoped):
                 await _set_status(uow.conn, job_id, table, "succeeded")
             elif kind == "failed":
                 await _set_status(uow.conn, job_id, table, "failed", event["message"])
+            elif kind == "inspected":
+                await uow.conn.execute(text("UPDATE jobs SET result = CAST(:r AS jsonb) WHERE id = :j"),
+                                       {"r": json.dumps(event["strategies"]), "j": job_id})
+                await _set_status(uow.conn, job_id, table, "succeeded")
             elif kind == "stopped":
                 await _set_status(uow.conn, job_id, table, "stopped", event["message"])
             await uow.commit()
@@ -514,6 +531,7 @@ class ResearchStore(TenantScoped):
 _PACKAGE_COLUMNS = ("id, name, filename, kind, sha256, size_bytes, strategies, created_by, created_at,"
                     " updated_at")
 _JOB_COLUMNS = ("j.id, j.submission_id, j.kind, j.bot_id, p.name AS package, j.package_sha256, j.status,"
+                " j.result,"
                 " j.num_cpus, j.memory_bytes, j.message, j.created_by, j.created_at, j.started_at,"
                 " j.finished_at,"
                 " (SELECT b.id FROM backtests b WHERE b.job_id = j.id) AS backtest_id,"
@@ -532,7 +550,7 @@ def _row(row: Any) -> dict[str, Any]:
 
 
 _JSON_COLUMNS = {"params", "data", "metrics", "equity_curve", "search_space", "fixed_params", "best_params",
-                 "in_sample", "out_of_sample", "strategies"}
+                 "in_sample", "out_of_sample", "strategies", "result"}
 
 
 def _package(row: Any) -> dict[str, Any]:

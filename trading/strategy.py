@@ -197,6 +197,36 @@ class Param:
         }
 
 
+    @classmethod
+    def from_description(cls, described: Mapping[str, Any]) -> Param:
+        """Rebuild a Param from its `describe()` output (e.g. a package's, read back from JSON)."""
+        kind = _TYPES_BY_NAME.get(described.get("type"))  # type: ignore[arg-type]
+        if kind is None:
+            raise ValueError(f"unknown parameter type {described.get('type')!r}")
+        choices = described.get("choices")
+        return cls(kind, described["default"], min=described.get("min"), max=described.get("max"),
+                   choices=None if choices is None else tuple(choices),
+                   description=str(described.get("description") or ""),
+                   min_exclusive=bool(described.get("min_exclusive")))
+
+
+_TYPES_BY_NAME: dict[str, type] = {name: kind for kind, name in _TYPE_NAMES.items()}
+
+
+def resolve_params(declared: Mapping[str, Param], given: Mapping[str, Any], strategy: str) -> dict[str, Any]:
+    """Coerce `given` against the `declared` parameters and fill defaults; refuse unknown names.
+
+    Raise `Invalid` with the field ``params.<name>``.
+    """
+    unknown = sorted(set(given) - set(declared))
+    if unknown:
+        known = ", ".join(declared) or "none"
+        raise Invalid(f"unknown parameter {unknown[0]!r} for strategy {strategy} (known: {known})",
+                      field=f"params.{unknown[0]}")
+    return {key: param.coerce(key, given[key]) if key in given else param.default
+            for key, param in declared.items()}
+
+
 class Params(Mapping[str, Any]):
     """A strategy's coerced parameter values: read-only, by key or by attribute."""
 
@@ -300,13 +330,7 @@ class Strategy:
         checked = tuple(validate_symbol(s, field="symbols") for s in symbols)
         if len(set(checked)) != len(checked):
             raise Invalid("symbols must not repeat", field="symbols")
-        unknown = sorted(set(params) - set(self.params))
-        if unknown:
-            known = ", ".join(self.params) or "none"
-            raise Invalid(f"unknown parameter {unknown[0]!r} for strategy {self.name or type(self).__name__}"
-                          f" (known: {known})", field=f"params.{unknown[0]}")
-        values = {key: param.coerce(key, params[key]) if key in params else param.default
-                  for key, param in self.params.items()}
+        values = resolve_params(self.params, params, self.name or type(self).__name__)
         self.symbols: tuple[str, ...] = checked
         self.p = Params(values)
         self.validate()

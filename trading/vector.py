@@ -2,9 +2,10 @@
 
 For a strategy whose decisions are a pure function of its bars (`sma_crossover` here),
 the signals, the orders, their prices and fees and the equity curve are computed on whole
-numpy arrays; only the `Fill` objects are built one by one. The result is the
-event-driven backtester's, trade for trade, on the same bars of one symbol with no
-open-order interplay (market orders, no latency, no volume cap):
+numpy arrays (`VectorTrades`); the `Fill` objects are built from them on first use
+(`VectorResult.fills`). The result is the event-driven backtester's, trade for trade, on
+the same bars of one symbol with no open-order interplay (market orders, no latency, no
+volume cap):
 
 * the signal at bar ``t`` is that of `trading.builtin_strategies.sma_crossover_signals`,
   computed exactly on integer prices (prices times ``10**decimals``), in int64 when the
@@ -31,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, getcontext
+from functools import cached_property
 from math import gcd
 from typing import Any
 
@@ -50,6 +52,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SIDES = np.array([Side.SELL, Side.BUY], dtype=object)
 
 IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+ObjectArray = npt.NDArray[np.object_]
 
 
 @dataclass(frozen=True)
@@ -94,15 +98,45 @@ class BarArrays:
 
 
 @dataclass(frozen=True)
+class VectorTrades:
+    """The fills of a vectorised run as arrays, in time order, exact.
+
+    Fill ``i`` is at the open of bar ``bar[i]``, a buy if ``buy[i]``, for ``quantity[i]`` at
+    ``price[i]`` with the fee ``fee[i]`` (object arrays of `Decimal`, one object per
+    distinct value).
+    """
+
+    bar: IntArray
+    buy: BoolArray
+    quantity: ObjectArray
+    price: ObjectArray
+    fee: ObjectArray
+
+    def __len__(self) -> int:
+        return len(self.bar)
+
+
+@dataclass(frozen=True)
 class VectorResult:
-    """What the vectorised path produced: fills, per-bar equity (float64), exact final equity."""
+    """What the vectorised path produced: its trades, per-bar equity (float64), exact final equity.
+
+    `fills` makes `Fill` objects of the trades (ids ``<prefix>-<n>:1``, `n` counting the
+    orders from 1) on first use: with many trades that is most of a run's time, which a
+    caller that needs only the equity or the trade arrays does not spend.
+    """
 
     symbol: str
     capital: Money
-    fills: list[Fill]
-    ts: npt.NDArray[np.int64]
+    trades: VectorTrades
+    ts: IntArray
     equity: npt.NDArray[np.float64]
     final_equity: Money
+    prefix: str = "bt"
+
+    @cached_property
+    def fills(self) -> list[Fill]:
+        """Return the trades as `Fill` objects, equal to `run_backtest`'s."""
+        return _fills(self.symbol, self.trades, self.ts, self.prefix)
 
     @property
     def equity_curve(self) -> list[tuple[datetime, float]]:
@@ -148,8 +182,8 @@ def sma_crossover_signals_np(closes: npt.NDArray[Any], fast: int, slow: int) -> 
     return signals
 
 
-def _orders(signals: npt.NDArray[Any], allow_short: bool) -> tuple[IntArray, npt.NDArray[np.bool_],
-                                                                   npt.NDArray[np.bool_]]:
+def _orders(signals: npt.NDArray[Any], allow_short: bool) -> tuple[IntArray, BoolArray,
+                                                                   BoolArray]:
     """Return the bars the orders fill on, whether each buys, and whether it flips (twice the size).
 
     A +1 makes the position `quantity`, a -1 makes it the target (flat or short); an order
@@ -194,7 +228,7 @@ def _half_even(x: IntArray, d: int) -> IntArray:
     return q + ((2 * r > d) | ((2 * r == d) & (q % 2 == 1)))
 
 
-def _exact_ints(bars: BarArrays, at: IntArray, buy: npt.NDArray[np.bool_], flips: npt.NDArray[np.bool_], *,
+def _exact_ints(bars: BarArrays, at: IntArray, buy: BoolArray, flips: BoolArray, *,
                 size: Decimal, cash0: Decimal, fee: Decimal, slip: Decimal,
                 tick: Decimal) -> _Exact | None:
     """Compute the fills' prices, fees and the cash exactly in int64; None where that could overflow.
@@ -252,9 +286,8 @@ def _slip(px: Decimal, buy: bool, slippage_bps: Decimal, tick: Decimal) -> Decim
     return max(tick, units * tick)
 
 
-def _fills(bars: BarArrays, at: IntArray, buy: npt.NDArray[np.bool_], quantities: list[Decimal],
-           prices: list[Decimal], fees: list[Decimal], prefix: str) -> list[Fill]:
-    """Build the fills, ids ``<prefix>-<n>:1``.
+def _fills(symbol: str, trades: VectorTrades, ts: IntArray, prefix: str) -> list[Fill]:
+    """Build the `Fill` objects of `trades`, ids ``<prefix>-<n>:1``.
 
     Each `Fill` is filled in directly, without its one-by-one checks: what they check holds
     by construction here (exact finite `Decimal` values, the quantity positive as checked
@@ -263,9 +296,9 @@ def _fills(bars: BarArrays, at: IntArray, buy: npt.NDArray[np.bool_], quantities
     new, put = object.__new__, object.__setattr__
     out: list[Fill] = []
     add = out.append
-    symbol = bars.symbol
-    for n, side, qty, px, cost, when in zip(range(1, len(at) + 1), _SIDES[buy.view(np.int8)].tolist(),
-                                            quantities, prices, fees, _datetimes(bars.ts[at]), strict=True):
+    for n, side, qty, px, cost, when in zip(
+            range(1, len(trades) + 1), _SIDES[trades.buy.view(np.int8)].tolist(), trades.quantity.tolist(),
+            trades.price.tolist(), trades.fee.tolist(), _datetimes(ts[trades.bar]), strict=True):
         fill = new(Fill)
         cid = f"{prefix}-{n}"
         put(fill, "__dict__", {"fill_id": f"{cid}:1", "client_order_id": cid, "symbol": symbol, "side": side,
@@ -277,7 +310,7 @@ def _fills(bars: BarArrays, at: IntArray, buy: npt.NDArray[np.bool_], quantities
 def execute_signals(bars: BarArrays, signals: npt.NDArray[Any], *, quantity: Any, allow_short: bool,
                     capital: Any, fee_bps: Any = 0, slippage_bps: Any = 0, tick: Any = "0.01",
                     prefix: str = "bt") -> VectorResult:
-    """Turn per-bar signals (+1 be long, -1 be out or short, 0 hold) into fills and equity.
+    """Turn per-bar signals (+1 be long, -1 be out or short, 0 hold) into trades and equity.
 
     Orders follow `FixedQuantityStrategy.trade` and fill at the next bar's open (see the
     module docstring). Fill ids are ``<prefix>-<n>:1``, `n` counting the orders from 1, as
@@ -291,22 +324,21 @@ def execute_signals(bars: BarArrays, signals: npt.NDArray[Any], *, quantity: Any
     if len(signals) != n:
         raise Invalid("signals must have one value per bar", field="signals")
     at, buy, flips = _orders(np.asarray(signals), allow_short)
-    sizes = (size, size + size)
-    quantities = [size] * len(at) if not allow_short else _object_take(sizes, flips)
+    quantities = _objects([size, size + size])[flips.view(np.int8)]
     exact = _exact_ints(bars, at, buy, flips, size=size, cash0=cash0, fee=fee, slip=slip, tick=step)
     if exact is not None:
         # one Decimal per distinct price and fee; with no flips the fee follows from the price
         ticks, first, at_tick = np.unique(exact.ticks, return_index=True, return_inverse=True)
-        prices = _object_take([Decimal(v) * step for v in ticks.tolist()], at_tick)
+        prices = _objects([Decimal(v) * step for v in ticks.tolist()])[at_tick]
         quanta, at_fee = (exact.fees[first], at_tick) if not flips.any() else np.unique(
             exact.fees, return_inverse=True)
-        fees = _object_take([FEE_QUANTUM * v for v in quanta.tolist()], at_fee)
+        fees = _objects([FEE_QUANTUM * v for v in quanta.tolist()])[at_fee]
         cash_curve = exact.cash.astype(np.float64)
         cash_curve /= 10.0**exact.scale
         cash = Decimal(int(exact.cash[-1])).scaleb(-exact.scale) if n else cash0
     else:
-        prices, fees, cash, cash_curve = _exact_decimals(bars, at, buy, quantities, cash0=cash0, fee=fee,
-                                                         slip=slip, tick=step)
+        prices, fees, cash, cash_curve = _exact_decimals(bars, at, buy, quantities.tolist(), cash0=cash0,
+                                                         fee=fee, slip=slip, tick=step)
     equity = np.zeros(n)  # the position, in units of `size`, then marked to the close
     equity[at] = np.where(buy, 1.0, -1.0) * np.where(flips, 2.0, 1.0)
     np.cumsum(equity, out=equity)
@@ -315,20 +347,13 @@ def execute_signals(bars: BarArrays, signals: npt.NDArray[Any], *, quantity: Any
     equity *= bars.close
     equity += cash_curve
     final = cash + position * Decimal(repr(float(bars.close[-1]))) if n else cash0
-    fills = _fills(bars, at, buy, quantities, prices, fees, prefix)
-    return VectorResult(bars.symbol, cash0, fills, bars.ts, equity, final)
+    trades = VectorTrades(at, buy, quantities, prices, fees)
+    return VectorResult(bars.symbol, cash0, trades, bars.ts, equity, final, prefix)
 
 
-def _object_take(values: Sequence[Any], where: npt.NDArray[Any]) -> list[Any]:
-    """Return ``[values[i] for i in where]``."""
-    table = np.empty(len(values), dtype=object)
-    table[:] = list(values)
-    return list(table[where.astype(np.intp)].tolist())
-
-
-def _exact_decimals(bars: BarArrays, at: IntArray, buy: npt.NDArray[np.bool_], quantities: list[Decimal], *,
+def _exact_decimals(bars: BarArrays, at: IntArray, buy: BoolArray, quantities: list[Decimal], *,
                     cash0: Decimal, fee: Decimal, slip: Decimal,
-                    tick: Decimal) -> tuple[list[Decimal], list[Decimal], Decimal, npt.NDArray[np.float64]]:
+                    tick: Decimal) -> tuple[ObjectArray, ObjectArray, Decimal, npt.NDArray[np.float64]]:
     """Price the fills trade by trade with the broker's `Decimal` operations; return the cash too."""
     prices: list[Decimal] = []
     fees: list[Decimal] = []
@@ -342,7 +367,13 @@ def _exact_decimals(bars: BarArrays, at: IntArray, buy: npt.NDArray[np.bool_], q
         flows[bar] = -float(flow)
         prices.append(px)
         fees.append(cost)
-    return prices, fees, cash, float(cash0) + np.cumsum(flows)
+    return _objects(prices), _objects(fees), cash, float(cash0) + np.cumsum(flows)
+
+
+def _objects(values: Sequence[Any]) -> ObjectArray:
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array
 
 
 def run_vector_backtest(strategy: str, params: Mapping[str, Any], bars: BarArrays | Sequence[Bar], *,

@@ -9,8 +9,12 @@ lines. Writes need the trader role, reads the viewer role.
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -27,6 +31,7 @@ from actors.research import (
     OptimizationSpec,
     ResearchStore,
     RunSpec,
+    check_names,
     parse_backtest,
     parse_optimization,
 )
@@ -40,12 +45,15 @@ from trading.orders import Fill, Side
 from trading.packages import MAX_PACKAGE_BYTES, inspect_package
 from trading.report import render_report
 from trading.research import MAX_CURVE_POINTS, MAX_STORED_TRADES, metrics_from_json
+from trading.strategy import NAME_RE
 
 router = APIRouter(prefix="/v1", tags=["research"])
 
 MAX_EVENT_BYTES = 32 * 1024 * 1024
 REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'"
-SILENT_GRACE_SECONDS = 120  # a job Ray does not know is failed after this long
+SILENT_GRACE_SECONDS = 120
+INSPECT_CPUS, INSPECT_MEMORY = 0.1, 256 * 1024 * 1024  # the job that imports an upload
+INSPECT_SECONDS = 120  # a job Ray does not know is failed after this long
 
 
 def _store(principal: Principal, services: ServicesDep) -> ResearchStore:
@@ -63,9 +71,48 @@ async def _json_body(request: Request) -> Any:
         raise Invalid("the body must be JSON", field="body") from None
 
 
+@dataclass(frozen=True)
+class _Job:
+    """What one job needs submitted: its request, files and resources (driver and total)."""
+
+    kind: str
+    config: dict[str, Any]
+    files: dict[str, bytes]
+    driver_cpus: float
+    driver_memory: int
+    cpus: float
+    memory: int
+
+
+async def _admission(request: Request, principal: Principal, services: ServicesDep, job: _Job
+                     ) -> tuple[Callable[[], Awaitable[None]], Callable[[uuid.UUID], Awaitable[str]]]:
+    """The `admit` and `submit` steps of `ResearchStore.launch_job` for `job`."""
+    tenant = tenant_of(principal)
+    async with services.db.platform() as uow:
+        plan = await get_plan(uow.conn, tenant.plan)
+    settings = services.settings
+    api_url = settings.internal_api_url or str(request.base_url)
+
+    async def admit() -> None:
+        admit_job(plan, await services.jobs.load(tenant.id, tenant.slug), job.cpus, job.memory)
+
+    async def submit(job_id: uuid.UUID) -> str:
+        config = {**job.config, "job_id": str(job_id), "kind": job.kind, "namespace": f"tenant-{tenant.slug}"}
+        try:
+            return await services.jobs.submit(
+                job_id=job_id, tenant_id=tenant.id, config=config, files=job.files,
+                driver_cpus=job.driver_cpus, driver_memory=job.driver_memory, total_cpus=job.cpus,
+                total_memory=job.memory, api_url=api_url,
+                token=services.auth.job_token(job_id, tenant.id, settings.job_max_seconds))
+        except Exception as exc:
+            raise Unavailable(f"Ray refused the job: {type(exc).__name__}: {exc}"[:500],
+                              code="ray_unavailable") from exc
+
+    return admit, submit
+
+
 async def _launch(kind: str, body: Any, request: Request, principal: Principal,
                   services: ServicesDep) -> uuid.UUID:
-    tenant = tenant_of(principal)
     store = _store(principal, services)
     name = body.get("package") if isinstance(body, dict) else None
     if name is not None and not isinstance(name, str):
@@ -74,30 +121,12 @@ async def _launch(kind: str, body: Any, request: Request, principal: Principal,
     spec: RunSpec | OptimizationSpec = (parse_backtest(body, package) if kind == "backtest"
                                         else parse_optimization(body, package))
     run = spec if isinstance(spec, RunSpec) else spec.run
-    cpus = run.num_cpus if isinstance(spec, RunSpec) else spec.total_cpus
-    memory = run.memory_bytes if isinstance(spec, RunSpec) else spec.total_memory
-    async with services.db.platform() as uow:
-        plan = await get_plan(uow.conn, tenant.plan)
-    settings = services.settings
-    api_url = settings.internal_api_url or str(request.base_url)
-
-    async def admit() -> None:
-        admit_job(plan, await services.jobs.load(tenant.id, tenant.slug), cpus, memory)
-
-    async def submit(job_id: uuid.UUID) -> str:
-        config = {**spec.config(), "job_id": str(job_id), "kind": kind,
-                  "namespace": f"tenant-{tenant.slug}",
-                  "package_strategies": [] if package is None else package["strategies"]}
-        try:
-            return await services.jobs.submit(
-                job_id=job_id, tenant_id=tenant.id, config=config,
-                files={} if package is None else package["files"], driver_cpus=run.num_cpus,
-                driver_memory=run.memory_bytes, total_cpus=cpus, total_memory=memory, api_url=api_url,
-                token=services.auth.job_token(job_id, tenant.id, settings.job_max_seconds))
-        except Exception as exc:
-            raise Unavailable(f"Ray refused the job: {type(exc).__name__}: {exc}"[:500],
-                              code="ray_unavailable") from exc
-
+    found = [] if package is None else package["strategies"]
+    job = _Job(kind, {**spec.config(), "package_strategies": found},
+               {} if package is None else package["files"], run.num_cpus, run.memory_bytes,
+               run.num_cpus if isinstance(spec, RunSpec) else spec.total_cpus,
+               run.memory_bytes if isinstance(spec, RunSpec) else spec.total_memory)
+    admit, submit = await _admission(request, principal, services, job)
     return await store.launch(kind, spec, package, principal.actor, admit, submit)
 
 
@@ -257,10 +286,33 @@ async def put_package(name: str, request: Request, principal: TraderDep, service
     """Upload (or replace) a strategy package: the body is the .py or .zip file itself.
 
     The code is parsed, never run, here: 422 for a syntax error or no `Strategy` subclass.
+    Then a small job of the tenant imports it and describes its strategies (their declared
+    parameters): 422 with the reason when that fails. Only then is the package stored.
     """
     content = await bounded_body(request, MAX_PACKAGE_BYTES, "the package")
+    if not NAME_RE.fullmatch(name):
+        raise Invalid("a package name is lower-case snake case (letters, digits, underscores)", field="name")
     info = inspect_package(filename, content)
-    return await _store(principal, services).put_package(name, filename, info, principal.actor)
+    check_names(info)
+    store = _store(principal, services)
+    found = [f.as_dict() for f in info.strategies]
+    job = _Job("inspect", {"package_strategies": found}, info.files, INSPECT_CPUS, INSPECT_MEMORY,
+               INSPECT_CPUS, INSPECT_MEMORY)
+    admit, submit = await _admission(request, principal, services, job)
+    job_id = await store.launch_job("inspect", cpus=job.cpus, memory=job.memory, package=None,
+                                    actor=principal.actor, admit=admit, submit=submit)
+    deadline = time.monotonic() + INSPECT_SECONDS
+    checked = await store.job(job_id)
+    while checked["status"] not in FINISHED:
+        if time.monotonic() > deadline:
+            await services.jobs.stop(checked["submission_id"])
+            await store.finish(job_id, "failed", "checking the package took too long")
+            raise Unavailable("checking the package took too long; try again", code="package_check_timeout")
+        await asyncio.sleep(0.3)
+        checked = await _refresh(store, services, await store.job(job_id))
+    if checked["status"] != "succeeded":
+        raise Invalid(f"the package cannot be loaded: {checked['message']}", field="file")
+    return await store.put_package(name, filename, info, principal.actor, checked["result"])
 
 
 @router.get("/strategy-packages")
@@ -407,6 +459,19 @@ class OptimizationDone(_Event):
     out_of_sample: Judged
 
 
+class Described(_Event):
+    module: str = Field(max_length=300)
+    class_name: str = Field(max_length=200)
+    name: str = Field(max_length=64)
+    description: str = Field(max_length=4000)
+    params: dict[str, dict[str, Any]]
+
+
+class Inspected(_Event):
+    type: Literal["inspected"]
+    strategies: list[Described] = Field(max_length=200)
+
+
 class Stopped(_Event):
     type: Literal["stopped"]
     message: str = Field(max_length=2000)
@@ -419,7 +484,7 @@ class Failed(_Event):
 
 
 JobEvent = TypeAdapter(Annotated[
-    Started | Progress | Trial | BacktestDone | OptimizationDone | Failed | Stopped,
+    Started | Progress | Trial | BacktestDone | OptimizationDone | Failed | Stopped | Inspected,
     Field(discriminator="type")])
 
 

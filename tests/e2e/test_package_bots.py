@@ -14,7 +14,7 @@ from tenancy.settings import Settings
 from tests.conftest import TenantFactory, wait_for
 from tests.e2e.test_bot_runtime import _alive, _bars, bearer
 from tests.e2e.test_gateway import assert_error
-from tests.e2e.test_research import CUSTOM
+from tests.e2e.test_research import CRASHING, CUSTOM
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -82,7 +82,8 @@ async def test_a_package_bot_trades_as_a_job_and_stops(
     r = await http.post(f"/v1/bots/{bot['id']}/stop", headers=bearer(key))
     assert r.status_code == 200 and r.json()["status"] == "stopped", r.text
     jobs = (await http.get("/v1/jobs", headers=bearer(key))).json()
-    assert [(j["kind"], j["status"], j["bot_id"]) for j in jobs] == [("bot", "stopped", bot["id"])]
+    assert [(j["kind"], j["status"], j["bot_id"]) for j in jobs] == [
+        ("bot", "stopped", bot["id"]), ("inspect", "succeeded", None)]  # newest first
 
     async def gone() -> bool:
         return _alive(slug) == set()
@@ -90,30 +91,48 @@ async def test_a_package_bot_trades_as_a_job_and_stops(
     await wait_for(gone, timeout=30, interval=0.5)
 
 
-async def test_a_package_bot_with_a_bad_parameter_ends_in_error(
+async def test_a_package_bot_refuses_bad_parameters_and_a_crash_ends_in_error(
         http: httpx.AsyncClient, feed: Any, make_tenant: TenantFactory) -> None:
     created = await make_tenant(plan="unmetered")
     key = created.api_key
     r = await http.put("/v1/strategy-packages/live?filename=live.py", content=CUSTOM.encode(),
                        headers=bearer(key))
     assert r.status_code == 200, r.text
-    bot = (await http.post("/v1/bots", json=_bot(params={"lookback": "many"}), headers=bearer(key))).json()
+    r = await http.post("/v1/bots", json=_bot(params={"lookback": "many"}), headers=bearer(key))
+    assert_error(r, 422, "invalid", field="params.lookback")
+
+    r = await http.put("/v1/strategy-packages/crash?filename=crash.py", content=CRASHING.encode(),
+                       headers=bearer(key))
+    assert r.status_code == 200, r.text
+    bot = (await http.post("/v1/bots", json=_bot(strategy="crashing", package="crash", params={}),
+                           headers=bearer(key))).json()
     r = await http.post(f"/v1/bots/{bot['id']}/start", headers=bearer(key))
     assert r.status_code == 200, r.text
+
+    async def running() -> bool:
+        return (await _status(http, bot["id"], key))["status"] == "running"
+
+    await wait_for(running, timeout=120, interval=0.5)
+    start = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(days=6)
+    await feed.publish.remote(_bars(start, [60_000]))
 
     async def failed() -> bool:
         return (await _status(http, bot["id"], key))["status"] == "error"
 
-    await wait_for(failed, timeout=120, interval=0.5)
+    await wait_for(failed, timeout=60, interval=0.5)
     found = await _status(http, bot["id"], key)
-    assert "params.lookback" in found["last_error"]
+    assert "ZeroDivisionError" in found["last_error"]
+    jobs = (await http.get("/v1/jobs", headers=bearer(key))).json()
+    assert [j["status"] for j in jobs if j["kind"] == "bot"] == ["failed"]
 
 
 async def test_package_bots_count_against_the_plans_bots(
         http: httpx.AsyncClient, feed: Any, make_tenant: TenantFactory) -> None:
     created = await make_tenant(plan="starter")  # one bot
     key = created.api_key
-    await http.put("/v1/strategy-packages/live?filename=live.py", content=CUSTOM.encode(), headers=bearer(key))
+    r = await http.put("/v1/strategy-packages/live?filename=live.py", content=CUSTOM.encode(),
+                       headers=bearer(key))
+    assert r.status_code == 200, r.text
     first = (await http.post("/v1/bots", json=_bot(), headers=bearer(key))).json()
     second = (await http.post("/v1/bots", json=_bot(name="two"), headers=bearer(key))).json()
     r = await http.post(f"/v1/bots/{first['id']}/start", headers=bearer(key))

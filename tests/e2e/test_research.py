@@ -243,6 +243,11 @@ async def test_uploads_are_checked_without_running_them(
         archive.writestr("../escape.py", CUSTOM)
     r = await http.put(put.format("evil", "evil.zip"), content=evil.getvalue(), headers=trader)
     assert_error(r, 422, "invalid", field="file")
+    # It parses, but importing it fails: the inspect job says why, and nothing is stored.
+    r = await http.put(put.format("missing", "missing.py"), headers=trader,
+                       content=b"import no_such_module_anywhere\n" + CUSTOM.encode())
+    assert_error(r, 422, "invalid", field="file")
+    assert "ModuleNotFoundError" in r.json()["error"]["message"]
     assert (await http.get("/v1/strategy-packages", headers=trader)).json() == []
 
 
@@ -256,8 +261,12 @@ async def test_custom_strategy_package_runs_as_a_job_and_a_crash_fails_with_its_
     r = await http.put("/v1/strategy-packages/mine?filename=mine.zip", content=zipped.getvalue(),
                        headers=trader)
     assert r.status_code == 200, r.text
-    assert r.json()["strategies"] == [{"module": "mine.momentum", "class_name": "Momentum",
-                                       "name": "my_momentum"}]
+    (found,) = r.json()["strategies"]  # described by a job that imported the package
+    assert (found["module"], found["class_name"], found["name"]) == \
+        ("mine.momentum", "Momentum", "my_momentum")
+    assert found["params"]["lookback"] == {"type": "int", "default": 3, "min": 1, "max": 50,
+                                           "min_exclusive": False, "choices": None, "description": ""}
+    assert found["description"].startswith("Buy after")
 
     job_body = {**RUN, "kind": "backtest", "package": "mine", "strategy": "my_momentum",
                 "params": {"lookback": 4}}
@@ -271,10 +280,15 @@ async def test_custom_strategy_package_runs_as_a_job_and_a_crash_fails_with_its_
     assert result["strategy"] == "my_momentum" and result["params"] == {"lookback": 4, "quantity": "1"}
     assert result["trade_count"] > 0
 
-    # A parameter outside its declared type: the job refuses it and says why.
-    r = await http.post("/v1/jobs", json={**job_body, "params": {"lookback": "many"}}, headers=trader)
-    failed = await _poll(http, f"/v1/jobs/{r.json()['id']}", trader)
-    assert failed["status"] == "failed" and "params.lookback" in failed["message"]
+    # Parameters outside their declared types or bounds: refused before anything runs.
+    for params, field in (({"lookback": "many"}, "params.lookback"), ({"lookback": 99}, "params.lookback"),
+                          ({"nope": 1}, "params.nope")):
+        r = await http.post("/v1/jobs", json={**job_body, "params": params}, headers=trader)
+        assert_error(r, 422, "invalid", field=field)
+    r = await http.post("/v1/jobs", headers=trader, json={
+        **job_body, "kind": "optimization", "params": {},
+        "search_space": {"lookback": {"type": "int", "low": 0, "high": 5}}})
+    assert_error(r, 422, "invalid", field="search_space.lookback.low")
 
     r = await http.put("/v1/strategy-packages/crash?filename=crash.py", content=CRASHING.encode(),
                        headers=trader)

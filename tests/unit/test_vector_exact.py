@@ -108,3 +108,19 @@ def test_equity_curve_times_keep_microseconds_and_times_before_1970() -> None:
     assert [t for t, _ in result.equity_curve] == [
         epoch - 2 * us, epoch, epoch + timedelta(seconds=1_700_000_000) + 123_456 * us]
     assert result.equity.tolist() == [100.0] * 3 and result.final_equity == 100 and not result.fills
+
+
+def test_trades_are_exact_arrays_and_fills_are_built_once_from_them() -> None:
+    arrays = BarArrays.from_bars(_bars(9))
+    params = {"fast": 3, "slow": 11, "quantity": "0.5", "allow_short": True}
+    result = run_vector_backtest("sma_crossover", params, arrays, capital=100_000, fee_bps=5, slippage_bps=3)
+    trades = result.trades
+    assert "fills" not in vars(result)  # not built until asked for
+    fills = result.fills
+    assert result.fills is fills and len(trades) == len(fills) > 20
+    assert [f.side.value == "buy" for f in fills] == trades.buy.tolist()
+    assert [f.quantity for f in fills] == trades.quantity.tolist() == [Decimal("0.5")] + [Decimal(1)] * (
+        len(fills) - 1)
+    assert [f.price for f in fills] == trades.price.tolist() and [f.fee for f in fills] == trades.fee.tolist()
+    curve = result.equity_curve
+    assert [f.ts for f in fills] == [curve[i][0] for i in trades.bar.tolist()]

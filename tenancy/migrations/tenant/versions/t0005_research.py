@@ -1,7 +1,8 @@
 """Tenant schema: strategy packages, Ray jobs, backtests and optimisations.
 
-- ``strategy_packages``: uploaded strategy code (one module or a zip), checked statically
-  when stored; the gateway never runs it.
+- ``strategy_packages``: uploaded strategy code (one module or a zip), parsed by the
+  gateway and imported only by an ``inspect`` job of the tenant, whose description of each
+  strategy (its declared parameters) is kept in ``strategies``.
 - ``jobs``: one row per Ray job the platform submitted for the tenant (a backtest, an
   optimisation, or either one from a package); ``submission_id`` is Ray's id.
 - ``backtests`` / ``backtest_trades``: a backtest's request, progress, metrics, a thinned
@@ -45,7 +46,7 @@ def upgrade() -> None:
     CREATE TABLE jobs (
         id uuid PRIMARY KEY,
         submission_id text NOT NULL UNIQUE,
-        kind text NOT NULL CHECK (kind IN ('backtest', 'optimization', 'bot')),
+        kind text NOT NULL CHECK (kind IN ('backtest', 'optimization', 'bot', 'inspect')),
         bot_id uuid REFERENCES bots(id) ON DELETE SET NULL,
         package_id uuid REFERENCES strategy_packages(id) ON DELETE SET NULL,
         package_sha256 text,
@@ -53,6 +54,7 @@ def upgrade() -> None:
         num_cpus numeric NOT NULL CHECK (num_cpus >= 0),
         memory_bytes bigint NOT NULL CHECK (memory_bytes > 0),
         message text,
+        result jsonb,
         created_by text NOT NULL,
         created_at timestamptz NOT NULL DEFAULT now(),
         started_at timestamptz,
