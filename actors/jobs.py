@@ -26,7 +26,7 @@ import shutil
 import sys
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,31 +93,44 @@ class RayJobs:
             self._client = JobSubmissionClient(dashboard_url(ray.get_runtime_context().gcs_address))
         return self._client
 
-    async def load(self, tenant_id: uuid.UUID, slug: str) -> Load:
-        """The tenant's current `Load` (see the module docstring)."""
+    async def load(self, slug: str, unfinished: Sequence[Mapping[str, Any]]) -> Load:
+        """The tenant's current `Load` (see the module docstring).
+
+        `unfinished` are the tenant's jobs its store holds as queued or running (with
+        ``submission_id``, ``num_cpus``, ``memory_bytes``); each is asked of Ray, so the
+        cost follows the tenant's own jobs, not every job the cluster ever ran.
+        """
         try:
-            return await asyncio.to_thread(self._load, str(tenant_id), tenant_namespace(slug))
+            return await asyncio.to_thread(self._load, tenant_namespace(slug), list(unfinished))
         except Exception as exc:
             raise Unavailable(f"Ray's state API is unavailable ({type(exc).__name__}); cannot admit "
                               "a job without it", code="ray_unavailable") from exc
 
-    def _load(self, tenant_id: str, namespace: str) -> Load:
+    def _load(self, namespace: str, unfinished: list[Mapping[str, Any]]) -> Load:
         from ray.util.state import list_actors
 
-        jobs = [j for j in self._jobs().list_jobs()
-                if (j.metadata or {}).get("atp_tenant_id") == tenant_id and _status(j.status) in UNFINISHED]
-        job_ids = {j.job_id for j in jobs if j.job_id}
-        cpus = sum(float(j.metadata.get("atp_cpus", 0)) for j in jobs)
-        memory = sum(int(j.metadata.get("atp_memory", 0)) for j in jobs)
+        cpus, memory, job_ids, running = 0.0, 0, set(), 0
+        for job in unfinished:
+            try:
+                info = self._jobs().get_job_info(job["submission_id"])
+            except RuntimeError:  # Ray does not know it (yet, or any more)
+                continue
+            if _status(info.status) not in UNFINISHED:
+                continue
+            running += 1
+            cpus += float(job["num_cpus"])
+            memory += int(job["memory_bytes"])
+            if info.job_id:
+                job_ids.add(info.job_id)
         actors = list_actors(address=ray.get_runtime_context().gcs_address, detail=True, limit=10_000,
                              filters=[("ray_namespace", "=", namespace), ("state", "=", "ALIVE")])
         for actor in actors:
             if actor.job_id in job_ids:
-                continue  # a trial of one of the jobs above: inside its reservation
+                continue  # a trial or bot of one of the jobs above: inside its reservation
             resources = actor.required_resources or {}
             cpus += float(resources.get("CPU", 0))
             memory += int(resources.get("memory", 0))
-        return Load(cpus, memory, len(jobs))
+        return Load(cpus, memory, running)
 
     async def submit(self, *, job_id: uuid.UUID, tenant_id: uuid.UUID, config: Mapping[str, Any],
                      files: Mapping[str, bytes], driver_cpus: float, driver_memory: int,

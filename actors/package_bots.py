@@ -86,7 +86,8 @@ async def start_package_bot(settings: Settings, db: Database, tenant_id: uuid.UU
         if plan.max_bots is not None and running + 1 > plan.max_bots:
             raise ResourceQuotaExceeded(f"the {plan.code} plan allows bots {plan.max_bots}; in use {running}",
                                         field="bots")
-        admit_job(plan, await jobs.load(tenant_id, slug), cpus + system_cpus, memory + system_memory)
+        load = await jobs.load(slug, await research.unfinished_jobs())
+        admit_job(plan, load, cpus + system_cpus, memory + system_memory)
 
     portfolio = await TradingStore(db, tenant_id, slug).portfolio(bot.account)
     async with db.tenant(tenant_id, slug) as uow:

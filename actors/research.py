@@ -465,6 +465,14 @@ class ResearchStore(TenantScoped):
                 " ORDER BY j.created_at DESC LIMIT :l"), {"l": limit})).all()
         return [_row(r) for r in rows]
 
+    async def unfinished_jobs(self) -> builtins.list[dict[str, Any]]:
+        """The jobs still queued or running, as stored (for admission)."""
+        async with self._uow() as uow:
+            rows = (await uow.conn.execute(text(
+                "SELECT id, submission_id, num_cpus, memory_bytes FROM jobs"
+                " WHERE status IN ('queued', 'running')"))).all()
+        return [r._asdict() for r in rows]
+
     async def bot_job(self, bot_id: uuid.UUID) -> dict[str, Any] | None:
         """The latest job of a bot, if it ever ran as one."""
         async with self._uow() as uow:

@@ -94,7 +94,8 @@ async def _admission(request: Request, principal: Principal, services: ServicesD
     api_url = settings.internal_api_url or str(request.base_url)
 
     async def admit() -> None:
-        admit_job(plan, await services.jobs.load(tenant.id, tenant.slug), job.cpus, job.memory)
+        load = await services.jobs.load(tenant.slug, await _store(principal, services).unfinished_jobs())
+        admit_job(plan, load, job.cpus, job.memory)
 
     async def submit(job_id: uuid.UUID) -> str:
         config = {**job.config, "job_id": str(job_id), "kind": job.kind, "namespace": f"tenant-{tenant.slug}"}

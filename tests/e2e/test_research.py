@@ -90,13 +90,14 @@ async def _trader(http: httpx.AsyncClient, make_tenant: TenantFactory, plan: str
     return (await _tenant(http, make_tenant, plan))[1]
 
 
-def _alive_classes(namespace: str) -> set[str]:
+def _actor_classes(namespace: str) -> set[str]:
+    """Classes of the actors that lived in `namespace` (dead ones stay listed for a while)."""
     import ray
     from ray.util.state import list_actors
 
     return {a.class_name for a in list_actors(
         address=ray.get_runtime_context().gcs_address, detail=True,
-        filters=[("ray_namespace", "=", namespace), ("state", "=", "ALIVE")])}
+        filters=[("ray_namespace", "=", namespace)])}
 
 
 async def test_backtest_over_http_runs_as_a_ray_job_and_reports(
@@ -181,16 +182,9 @@ async def test_optimization_with_tune_splits_in_and_out_of_sample_and_applies_to
     created = r.json()
     assert created["split_at"].startswith("2024-01-05T21:36")  # 70 % of 7 days: 4.9 days
     assert created["fixed_params"] == {"quantity": "2", "allow_short": False}
-    seen: set[str] = set()  # the trials are actors of the tenant's namespace (admitted, metered)
-    deadline = time.monotonic() + 400
-    while "ImplicitFunc" not in seen and time.monotonic() < deadline:
-        seen |= await asyncio.to_thread(_alive_classes, f"tenant-{slug}")
-        status = (await http.get(f"/v1/optimizations/{created['id']}", headers=trader)).json()["status"]
-        if status in ("succeeded", "failed"):
-            break
-        await asyncio.sleep(0.5)
-    assert "ImplicitFunc" in seen
     done = await _poll(http, f"/v1/optimizations/{created['id']}", trader, timeout=400)
+    # The trials were actors of the tenant's namespace (admitted and metered as the tenant's).
+    assert "ImplicitFunc" in await asyncio.to_thread(_actor_classes, f"tenant-{slug}")
     assert done["status"] == "succeeded", done
     assert done["trials_done"] == 4 and len(done["trials"]) == 4
     assert all(3 <= t["params"]["fast"] <= 8 and t["params"]["slow"] in (20, 30, 40) for t in done["trials"])
