@@ -224,6 +224,18 @@ def demo(port: int = typer.Option(None, help="HTTP port (default 8000)", min=1, 
                   f"{url}/v1/me\n", soft_wrap=True)
         if bots_seconds > 0:
             asyncio.run(_demo_bots(settings, demo_tenant.api_key, url, bots_seconds))
+        key = demo_tenant.api_key
+        out.print("Backtest, optimise with Ray Tune, run your own strategy as a Ray job "
+                  "(docs/research.md):\n"
+                  "  atp backtest --strategy sma_crossover --symbol AAPL --from 2024-01-01 --to 2024-01-15 "
+                  "--report sma.html\n"
+                  f"  curl -s -H 'Authorization: Bearer {key}' {url}/v1/optimizations "
+                  "-H 'content-type: application/json' -d '{\"strategy\": \"sma_crossover\", "
+                  "\"symbols\": [\"AAPL\"], \"from\": \"2024-01-01\", \"to\": \"2024-01-15\", "
+                  "\"search_space\": {\"fast\": {\"type\": \"int\", \"low\": 5, \"high\": 20}}, "
+                  "\"num_trials\": 8, \"concurrency\": 2}'\n"
+                  f"  ATP_URL={url} ATP_API_KEY={key} atp job submit my_strategy.py --strategy NAME "
+                  "--symbol AAPL --from 2024-01-01 --to 2024-01-15\n", soft_wrap=True)
         out.print("Ctrl-C stops everything.")
 
     try:
