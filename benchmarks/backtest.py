@@ -27,8 +27,9 @@ second of the timed scope:
   per-bar equity curve `value()`; its orders (bar, side, size, price, and fee to 1e-8) are
   compared with the event engine's fills;
 * from signals: the narrower scope, both given the signals already computed: vector's
-  `execute_signals` (trades, equity curve and final equity) and vectorbt's `from_signals`
-  alone (its orders; no equity curve), best of `--repeat` runs each.
+  `execute_signals` (trades, equity curve and final equity; then again with its `Fill`
+  objects built) and vectorbt's `from_signals` alone (its orders; no equity curve), best
+  of `--repeat` runs each.
 
     .venv/bin/python benchmarks/backtest.py [--bars 1000000] [--bt-bars 200000] [--repeat 3]
 """
@@ -221,9 +222,15 @@ def main() -> None:
     same = vector.fills == event.fills and vector.final_equity == event.final_equity
     print(f"  {len(vector.fills):,} fills, identical to event: {same}")
     signals = sma_crossover_signals_np(_cents(arrays), PARAMS["fast"], PARAMS["slow"])
-    _, vector_narrow = _timed("vector from signals", len(bars), lambda: execute_signals(
-        arrays, signals, quantity=PARAMS["quantity"], allow_short=False, capital=CAPITAL, fee_bps=FEE_BPS),
-        args.repeat)
+
+    def vector_from_signals() -> VectorResult:
+        return execute_signals(arrays, signals, quantity=PARAMS["quantity"], allow_short=False,
+                               capital=CAPITAL, fee_bps=FEE_BPS)
+
+    _, vector_narrow = _timed("vector from signals", len(bars), vector_from_signals, args.repeat)
+    print()
+    _, narrow_with_fills = _timed("  + Fill objects", len(bars), lambda: _with_fills(vector_from_signals()),
+                                  args.repeat)
     print()
 
     ran_vbt = _vectorbt(arrays, args.repeat)
@@ -246,9 +253,11 @@ def main() -> None:
     if vbt_rate is not None:
         print(f"vector / vectorbt, arrays to trades and equity curve: {vector_rate / vbt_rate:,.2f}x "
               "(goal >= 1x)")
-        print(f"vector + Fill objects / vectorbt: {with_fills / vbt_rate:,.2f}x")
+        print(f"vector + Fill objects / vectorbt, the same: {with_fills / vbt_rate:,.2f}x")
         print(f"vector / vectorbt from signals (vector's with its equity curve, vectorbt's without): "
               f"{vector_narrow / vbt_narrow:,.2f}x")
+        print(f"vector + Fill objects / vectorbt from signals, the same: "
+              f"{narrow_with_fills / vbt_narrow:,.2f}x")
     print(f"total {time.perf_counter() - began:.0f} s")
 
 
