@@ -37,6 +37,7 @@ from actors.research import (
 )
 from serve.deps import PrincipalDep, ServicesDep, TraderDep, ViewerDep, tenant_of
 from serve.errors import bounded_body
+from serve.schemas_research import BacktestBody, JobBody, OptimizationBody, body_schema
 from serve.schemas_trading import BotOut
 from tenancy.auth import Principal
 from tenancy.plans import get_plan
@@ -164,7 +165,7 @@ async def _refreshed_target(store: ResearchStore, services: ServicesDep, target:
 # -- backtests ---------------------------------------------------------------------------
 
 
-@router.post("/backtests", status_code=status.HTTP_202_ACCEPTED)
+@router.post("/backtests", status_code=status.HTTP_202_ACCEPTED, openapi_extra=body_schema(BacktestBody))
 async def create_backtest(request: Request, principal: TraderDep, services: ServicesDep) -> dict[str, Any]:
     """Run a backtest as a Ray job within the plan; poll `GET /v1/backtests/{id}`.
 
@@ -221,7 +222,8 @@ async def backtest_report(backtest_id: str, principal: ViewerDep, services: Serv
 # -- optimisations ------------------------------------------------------------------------
 
 
-@router.post("/optimizations", status_code=status.HTTP_202_ACCEPTED)
+@router.post("/optimizations", status_code=status.HTTP_202_ACCEPTED,
+             openapi_extra=body_schema(OptimizationBody))
 async def create_optimization(request: Request, principal: TraderDep, services: ServicesDep
                               ) -> dict[str, Any]:
     """Search a strategy's parameters with Ray Tune as a Ray job; poll `GET /v1/optimizations/{id}`.
@@ -279,7 +281,9 @@ async def apply_best(optimization_id: str, body: ApplyBest, principal: TraderDep
 # -- strategy packages ----------------------------------------------------------------------
 
 
-@router.put("/strategy-packages/{name}")
+@router.put("/strategy-packages/{name}", openapi_extra={"requestBody": {"required": True, "content": {
+    "text/x-python": {"schema": {"type": "string"}},
+    "application/zip": {"schema": {"type": "string", "format": "binary"}}}}})
 async def put_package(name: str, request: Request, principal: TraderDep, services: ServicesDep,
                       filename: str = Query(..., min_length=4, max_length=200,
                                             description="the file's name: something.py or something.zip")
@@ -329,7 +333,7 @@ async def get_package(name: str, principal: ViewerDep, services: ServicesDep) ->
 # -- jobs -------------------------------------------------------------------------------------
 
 
-@router.post("/jobs", status_code=status.HTTP_202_ACCEPTED)
+@router.post("/jobs", status_code=status.HTTP_202_ACCEPTED, openapi_extra=body_schema(JobBody))
 async def submit_job(request: Request, principal: TraderDep, services: ServicesDep) -> dict[str, Any]:
     """Run an uploaded package as a Ray job: ``kind`` (backtest or optimization), ``package``,
     and the fields of that kind's request."""

@@ -383,3 +383,16 @@ async def test_suspension_stops_a_tenants_unfinished_jobs(
     job = await store.job(r.json()["job_id"])
     assert job["status"] == "stopped" and job["message"] == "suspended: test"
     assert await stop_unfinished_jobs(store, RayJobs(), "again") == 0
+
+
+async def test_openapi_describes_the_research_bodies(http: httpx.AsyncClient) -> None:
+    spec = (await http.get("/openapi.json")).json()
+    body = spec["paths"]["/v1/optimizations"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"strategy", "symbols", "from", "to", "search_space", "objective"} <= set(body["properties"])
+    assert set(body["required"]) >= {"strategy", "symbols", "from", "to", "search_space"}
+    jobs = spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert "kind" in jobs["required"] and "package" in jobs["required"]
+    assert "/v1/jobs/{job_id}/events" not in spec["paths"]  # the jobs' own channel is not public API
+    for path in ("/v1/backtests", "/v1/backtests/{backtest_id}/report", "/v1/strategy-packages/{name}",
+                 "/v1/jobs/{job_id}/logs", "/v1/optimizations/{optimization_id}/apply"):
+        assert path in spec["paths"], path
