@@ -287,16 +287,30 @@ async def reconcile(settings: Settings, db: Database) -> list[str]:
                 continue  # alive: nothing to do
             except ValueError:
                 pass
-            if bot.package is not None:  # its job ended with the cluster: started by hand again
-                await store.set_status(bot.id, "error", "the platform restarted without its job; "
-                                                        "start the bot again")
-                report.append(f"{tenant.slug}/{bot.name}: error (package bot, job gone)")
-                continue
             await store.set_status(bot.id, "stopped")
             try:
-                await start_bot(settings, db, tenant.id, tenant.slug, plans[tenant.plan], bot.id)
+                if bot.package is not None:  # its job ended with the cluster: a new one
+                    await _restart_package_bot(settings, db, tenant.id, tenant.slug, plans[tenant.plan], bot)
+                else:
+                    await start_bot(settings, db, tenant.id, tenant.slug, plans[tenant.plan], bot.id)
                 report.append(f"{tenant.slug}/{bot.name}: restarted")
             except Exception as exc:
                 await store.set_status(bot.id, "error", f"restart failed: {exc}")
                 report.append(f"{tenant.slug}/{bot.name}: {exc}")
     return report
+
+
+async def _restart_package_bot(settings: Settings, db: Database, tenant_id: uuid.UUID, slug: str, plan: Plan,
+                               bot: Bot) -> None:
+    """Start a package bot's job again at platform start (its token signed here)."""
+    from actors.jobs import RayJobs
+    from actors.package_bots import start_package_bot
+    from tenancy.credentials import issue_job_token
+
+    secret = settings.secret("jwt_secret")
+    api_url = settings.internal_api_url or f"http://{settings.http_host}:{settings.http_port}/"
+    await start_package_bot(
+        settings, db, tenant_id, slug, plan, bot.id, jobs=RayJobs(), api_url=api_url,
+        token_for=lambda job_id: issue_job_token(secret, job_id=job_id, tenant_id=tenant_id,
+                                                 ttl_seconds=settings.job_max_seconds)[0],
+        actor="operator:reconcile")
