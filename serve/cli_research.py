@@ -64,6 +64,16 @@ TERMINAL = ("succeeded", "failed", "stopped")
 
 URL = typer.Option("http://127.0.0.1:8000", "--url", envvar="ATP_URL", help="the platform's base URL")
 API_KEY = typer.Option(None, "--api-key", envvar="ATP_API_KEY", help="a trader API key of the tenant")
+# Options every run takes (backtest, optimize, job submit), declared once.
+SYMBOLS = typer.Option(..., "--symbol", help="a symbol to trade (repeat for several)")
+FROM = typer.Option(..., "--from", help="first bar time, ISO (2024-01-01)")
+TO = typer.Option(..., "--to", help="end (exclusive), ISO")
+PARAMS = typer.Option(None, "--param", help="a strategy parameter, name=value")
+INTERVAL = typer.Option("1m", "--interval", help="synthetic bar interval: 1m 5m 15m 1h 4h 1d")
+SEED = typer.Option(7, "--seed", help="synthetic data seed")
+CAPITAL = typer.Option("100000", "--capital", help="starting cash")
+FEE_BPS = typer.Option("5", "--fee-bps", help="fee in basis points of notional")
+WAIT = typer.Option(True, "--wait/--no-wait", help="follow it to the end")
 
 
 def _option(field: str | None) -> str | None:
@@ -140,15 +150,15 @@ def _metrics_table(metrics: dict[str, Any]) -> Table:
 @app.command()
 def backtest(
     strategy: str = typer.Option(..., "--strategy", help="a built-in strategy, e.g. sma_crossover"),
-    symbol: list[str] = typer.Option(..., "--symbol", help="a symbol to trade (repeat for several)"),
-    start: str = typer.Option(..., "--from", help="first bar time, ISO (2024-01-01)"),
-    end: str = typer.Option(..., "--to", help="end (exclusive), ISO"),
-    param: list[str] = typer.Option(None, "--param", help="a strategy parameter, name=value"),
+    symbol: list[str] = SYMBOLS,
+    start: str = FROM,
+    end: str = TO,
+    param: list[str] = PARAMS,
     csv: Path = typer.Option(None, "--csv", help="bars from a CSV or Parquet file instead of synthetic"),
-    interval: str = typer.Option("1m", "--interval", help="synthetic bar interval: 1m 5m 15m 1h 4h 1d"),
-    seed: int = typer.Option(7, "--seed", help="synthetic data seed"),
-    capital: str = typer.Option("100000", "--capital", help="starting cash"),
-    fee_bps: str = typer.Option("5", "--fee-bps", help="fee in basis points of notional"),
+    interval: str = INTERVAL,
+    seed: int = SEED,
+    capital: str = CAPITAL,
+    fee_bps: str = FEE_BPS,
     slippage_bps: str = typer.Option("0", "--slippage-bps", help="slippage in basis points"),
     report: Path = typer.Option(None, "--report", help="write the HTML report here"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
@@ -354,9 +364,9 @@ def _print_optimization(found: dict[str, Any]) -> None:
 @app.command()
 def optimize(
     strategy: str = typer.Option(..., "--strategy", help="a built-in strategy"),
-    symbol: list[str] = typer.Option(..., "--symbol", help="a symbol (repeat for several)"),
-    start: str = typer.Option(..., "--from", help="first bar time, ISO"),
-    end: str = typer.Option(..., "--to", help="end (exclusive), ISO"),
+    symbol: list[str] = SYMBOLS,
+    start: str = FROM,
+    end: str = TO,
     search: list[str] = typer.Option(
         ..., "--search", help="fast=int:5:20, x=float:0.1:0.9, slow=choice:30,50"
     ),
@@ -367,11 +377,11 @@ def optimize(
     trials: int = typer.Option(20, "--trials", help="number of trials"),
     concurrency: int = typer.Option(1, "--concurrency", help="trials at once"),
     cpus_per_trial: float = typer.Option(0.5, "--cpus-per-trial", help="CPUs each trial reserves"),
-    interval: str = typer.Option("1m", "--interval", help="synthetic bar interval"),
-    seed: int = typer.Option(7, "--seed", help="synthetic data seed"),
-    capital: str = typer.Option("100000", "--capital", help="starting cash"),
-    fee_bps: str = typer.Option("5", "--fee-bps", help="fee in basis points"),
-    wait: bool = typer.Option(True, "--wait/--no-wait", help="follow it to the end"),
+    interval: str = INTERVAL,
+    seed: int = SEED,
+    capital: str = CAPITAL,
+    fee_bps: str = FEE_BPS,
+    wait: bool = WAIT,
     url: str = URL,
     api_key: str = API_KEY,
 ) -> None:
@@ -404,21 +414,21 @@ def job_submit(
         ..., help="a strategy module (.py) or a zip of modules", exists=True, dir_okay=False, readable=True
     ),
     strategy: str = typer.Option(..., "--strategy", help="the strategy's name (its `name` attribute)"),
-    symbol: list[str] = typer.Option(..., "--symbol", help="a symbol (repeat for several)"),
-    start: str = typer.Option(..., "--from", help="first bar time, ISO"),
-    end: str = typer.Option(..., "--to", help="end (exclusive), ISO"),
+    symbol: list[str] = SYMBOLS,
+    start: str = FROM,
+    end: str = TO,
     kind: str = typer.Option("backtest", "--kind", help="backtest or optimization"),
     package: str = typer.Option(None, "--package", help="the package name (default: the file's stem)"),
-    param: list[str] = typer.Option(None, "--param", help="a strategy parameter, name=value"),
+    param: list[str] = PARAMS,
     search: list[str] = typer.Option(None, "--search", help="for --kind optimization: fast=int:5:20"),
     trials: int = typer.Option(10, "--trials", help="for --kind optimization"),
-    interval: str = typer.Option("1m", "--interval", help="synthetic bar interval"),
-    seed: int = typer.Option(7, "--seed", help="synthetic data seed"),
-    capital: str = typer.Option("100000", "--capital", help="starting cash"),
-    fee_bps: str = typer.Option("5", "--fee-bps", help="fee in basis points"),
+    interval: str = INTERVAL,
+    seed: int = SEED,
+    capital: str = CAPITAL,
+    fee_bps: str = FEE_BPS,
     cpus: float = typer.Option(None, "--cpus", help="CPUs the job's driver reserves"),
     memory_mb: int = typer.Option(None, "--memory-mb", help="memory the driver reserves (MiB)"),
-    wait: bool = typer.Option(True, "--wait/--no-wait", help="follow it to the end"),
+    wait: bool = WAIT,
     url: str = URL,
     api_key: str = API_KEY,
 ) -> None:
