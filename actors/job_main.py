@@ -299,8 +299,12 @@ def run_optimization_job(config: dict[str, Any], reporter: Reporter) -> None:
             (float(r.metrics["objective"]), dict(r.config or {}), r.metrics) for r in results
             if r.metrics and r.metrics.get("status") == "succeeded"]
     if not ranked:
-        raise Invalid("no trial met the objective (every trial failed, broke the drawdown cap, "
-                      "or had an undefined ratio)", field="objective")
+        outcomes = [(r.metrics or {}).get("status") or "failed" for r in results]
+        errors = [str((r.metrics or {}).get("error") or r.error or "") for r in results]
+        first = next((e for e in errors if e), "none")
+        raise Invalid(f"no trial met the objective: {outcomes.count('failed')} failed, "
+                      f"{outcomes.count('infeasible')} infeasible (over the drawdown cap or an undefined "
+                      f"ratio) of {len(results)}; first error: {first[:500]}", field="objective")
     best_value, best_config, best_metrics = max(ranked, key=lambda r: r[0])
     best = {**config["fixed_params"], **best_config}
     oos = evaluate(config, backtest(config, best, out_of_sample, instruments))
@@ -308,6 +312,161 @@ def run_optimization_job(config: dict[str, Any], reporter: Reporter) -> None:
                    "in_sample": {"objective": best_value,
                                  "metrics": json.loads(best_metrics["metrics_json"])},
                    "out_of_sample": oos})
+
+
+def _signal_backtest(config: Mapping[str, Any], model: Any, bars: list[Bar], start_row: int
+                     ) -> dict[str, Any]:
+    """Backtest the model's signal on bars ``start_row..``: long while it predicts a rise, flat
+    otherwise (a ``return`` model: while the predicted return is positive). Same fill model
+    as any backtest (next bar's open, fees)."""
+    import numpy as np
+
+    from models.features import compute_features
+    from trading.vector import BarArrays, execute_signals
+
+    features = compute_features(model.spec, bars)
+    first = max(start_row, model.spec.warmup + model.lookback - 1)
+    ends = np.arange(first, len(bars))
+    if len(ends) < 2:
+        return {"metrics": None, "trades": 0, "final_equity": str(config["capital"])}
+    windows = np.stack([features[e - model.lookback + 1:e + 1] for e in ends])
+    predicted = model.predict(windows)
+    bullish = predicted > (0.5 if model.kind == "direction" else 0.0)
+    signals = np.zeros(len(bars) - first, dtype=np.int8)
+    position = False
+    for i, up in enumerate(bullish.tolist()):
+        if up != position:
+            signals[i] = 1 if up else -1
+            position = up
+    test_bars = bars[first:]
+    symbol = test_bars[0].symbol
+    result = execute_signals(BarArrays.from_bars(test_bars), signals, quantity=config["quantity"],
+                             allow_short=False, capital=config["capital"], fee_bps=config["fee_bps"],
+                             slippage_bps=config["slippage_bps"],
+                             tick=default_instrument(symbol).tick_size)
+    judged = evaluate({}, BacktestResult(
+        strategy=f"model:{config['model']}", params={}, symbols=(symbol,),
+        capital=result.capital, fills=result.fills, orders=[],
+        equity_curve=[(t, Decimal(repr(v))) for t, v in result.equity_curve],
+        final_equity=result.final_equity))
+    return {"metrics": judged["metrics"], "trades": len(result.trades),
+            "final_equity": str(result.final_equity),
+            "from": test_bars[0].ts.isoformat(), "bars": len(test_bars)}
+
+
+def _train_trial(settings: dict[str, Any], *, split: Any, config: dict[str, Any]) -> None:
+    """One Tune trial: train with `settings` over the fixed ones, reporting each epoch."""
+    from ray import tune
+
+    from models.networks import build_network
+    from models.training import train
+
+    _torch_threads(float(config["cpus_per_trial"]))
+    hyper, training = _settings(config, settings)
+    network = build_network(config["architecture"], split.train.X.shape[1], config["lookback"],
+                            config["label"]["kind"], seed=config["seed"], **hyper)
+    def report(stats: Any) -> None:
+        tune.report({"validation_loss": stats.validation_loss, "epoch": stats.epoch})
+
+    train(network, split, seed=config["seed"], **training, on_epoch=report)
+
+
+def _torch_threads(cpus: float) -> None:
+    """As many torch threads as the CPUs reserved (at least one): more would fight the neighbours."""
+    import torch
+
+    torch.set_num_threads(max(1, int(cpus)))
+
+
+def _settings(config: Mapping[str, Any], searched: Mapping[str, Any]
+              ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split searched values between the network's hyperparameters and the training settings."""
+    training = {**config["training"], **{k: v for k, v in searched.items() if k in config["training"]}}
+    hyper = {**config["hyper"], **{k: v for k, v in searched.items() if k not in config["training"]}}
+    return hyper, training
+
+
+def run_train_job(config: dict[str, Any], reporter: Reporter) -> None:
+    """Train (with a Tune search when asked), score on the test part, backtest the signal."""
+    import base64
+
+    from models.artifacts import load_artifact, save_artifact
+    from models.datasets import make_dataset, time_split
+    from models.features import FeatureSpec
+    from models.networks import build_network
+    from models.training import train
+
+    _torch_threads(float(config.get("resources_cpus", 1.0)))
+    start, end = _ts(config["from"]), _ts(config["to"])
+    bars = load_bars(config, start, end, reporter)
+    spec = FeatureSpec.from_json(config["features"])
+    label = config["label"]
+    dataset = make_dataset(spec, bars, horizon=label["horizon"], kind=label["kind"])
+    split = time_split(dataset, train=config["split"]["train"], validation=config["split"]["validation"])
+    best: dict[str, Any] = {}
+    trials: list[dict[str, Any]] = []
+    if config["search_space"]:
+        best, trials = _search(config, split)
+    hyper, training = _settings(config, best)
+    network = build_network(config["architecture"], spec.n_features, config["lookback"], label["kind"],
+                            seed=config["seed"], **hyper)
+    reporter.send({"type": "progress", "fraction": 0.9, "bars": len(bars)})
+    result = train(network, split, seed=config["seed"], **training)
+    metrics = {**result.metrics, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+               "best_validation_loss": result.best_validation_loss, **{f"samples_{k}": v for k, v in
+                                                                        result.samples.items()}}
+    artifact = save_artifact(network, spec, horizon=label["horizon"], metrics=result.metrics)
+    model = load_artifact(artifact.blob, artifact.sha256)
+    backtest_report = _signal_backtest({**config, "quantity": config.get("quantity", 1)}, model, bars,
+                                       int(split.test.rows[0]))
+    reporter.send({"type": "model", "artifact": base64.b64encode(artifact.blob).decode(),
+                   "sha256": artifact.sha256, "params": {"hyper": network.hyper, "training": training,
+                                                         "searched": best, "trials": trials},
+                   "metrics": metrics, "backtest": backtest_report})
+
+
+def _search(config: dict[str, Any], split: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A Tune search with ASHA over the search space; return the best settings and every trial."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    ray.init(namespace=config["namespace"], log_to_driver=False, ignore_reinit_error=True)
+    space: dict[str, Any] = {}
+    for name, dim in config["search_space"].items():
+        if dim["type"] == "int":
+            space[name] = tune.randint(int(dim["low"]), int(dim["high"]) + 1)
+        elif dim["type"] == "float":
+            space[name] = tune.uniform(float(dim["low"]), float(dim["high"]))
+        elif dim["type"] == "log_float":
+            space[name] = tune.loguniform(float(dim["low"]), float(dim["high"]))
+        else:
+            space[name] = tune.choice(dim["values"])
+    resources = {"cpu": float(config["cpus_per_trial"]), "memory": int(config["memory_per_trial"])}
+    trainable = tune.with_resources(tune.with_parameters(_train_trial, split=split, config=config), resources)
+    epochs = int(config["training"]["epochs"])
+    with tempfile.TemporaryDirectory(prefix="atp-train-") as storage:
+        grid = tune.Tuner(
+            trainable, param_space=space,
+            tune_config=tune.TuneConfig(
+                num_samples=int(config["num_trials"]), max_concurrent_trials=int(config["concurrency"]),
+                scheduler=ASHAScheduler(metric="validation_loss", mode="min", max_t=epochs, grace_period=1),
+                search_alg=BasicVariantGenerator(random_state=int(config["seed"]))),
+            run_config=tune.RunConfig(storage_path=storage, name="train", verbose=0)).fit()
+        results = [grid[i] for i in range(len(grid))]
+    trials: list[dict[str, Any]] = []
+    for r in results:
+        losses = [] if r.metrics_dataframe is None or "validation_loss" not in r.metrics_dataframe \
+            else r.metrics_dataframe["validation_loss"].tolist()
+        trials.append({"settings": dict(r.config or {}),
+                       "best_validation_loss": min(losses) if losses else None,
+                       "epochs": len(losses), "error": None if r.error is None else str(r.error)[:500]})
+    done = [t for t in trials if t["best_validation_loss"] is not None]
+    if not done:
+        raise Invalid("every training trial failed", field="search_space")
+    best: dict[str, Any] = min(done, key=lambda t: float(t["best_validation_loss"]))["settings"]
+    return best, trials
 
 
 def run_inspect_job(config: Mapping[str, Any], reporter: Reporter) -> None:
@@ -363,6 +522,8 @@ def main() -> int:
             run_backtest_job(config, reporter)
         elif config["kind"] == "inspect":
             run_inspect_job(config, reporter)
+        elif config["kind"] == "train":
+            run_train_job(config, reporter)
         elif config["kind"] == "bot":
             run_bot_job(config, reporter)
         else:

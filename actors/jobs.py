@@ -25,8 +25,9 @@ import logging
 import shutil
 import sys
 import tempfile
+import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ ENTRYPOINT_MODULE = "actors.job_main"
 CONFIG_FILE = "atp_job.json"
 UNFINISHED = ("PENDING", "RUNNING")
 LOG_TAIL_LINES = 20
+AGENT_WAIT_SECONDS = 60
 
 
 def dashboard_url(gcs_address: str | None) -> str:
@@ -150,16 +152,29 @@ class RayJobs:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(content)
             (workdir / CONFIG_FILE).write_text(json.dumps(config))
-            self._jobs().submit_job(
+            self._with_agent(lambda: self._jobs().submit_job(
                 entrypoint=f"{sys.executable} -m {ENTRYPOINT_MODULE}", submission_id=sid,
                 runtime_env={"working_dir": str(workdir),
                              "env_vars": {"ATP_API_URL": api_url, "ATP_JOB_TOKEN": token}},
                 entrypoint_num_cpus=driver_cpus, entrypoint_memory=driver_memory,
                 metadata={"atp_tenant_id": str(tenant_id), "atp_job_id": str(job_id),
-                          "atp_cpus": str(total_cpus), "atp_memory": str(total_memory)})
+                          "atp_cpus": str(total_cpus), "atp_memory": str(total_memory)}))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         return sid
+
+    @staticmethod
+    def _with_agent(submit: Callable[[], Any]) -> Any:
+        """Submit, waiting up to `AGENT_WAIT_SECONDS` for the dashboard's job agent: just after
+        a cluster starts it answers "No available agent" for a while."""
+        deadline = time.monotonic() + AGENT_WAIT_SECONDS
+        while True:
+            try:
+                return submit()
+            except RuntimeError as exc:
+                if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(1.0)
 
     async def status(self, sid: str) -> tuple[str, str | None] | None:
         """Ray's (status, message) of a job, or None when Ray does not know it."""

@@ -169,12 +169,15 @@ RUN_KEYS = ("strategy", "package", "params", "symbols", "from", "to", "data", "c
 
 
 def parse_run(body: Mapping[str, Any], package: Mapping[str, Any] | None, *,
-              default_cpus: float, extra: Sequence[str] = ()) -> RunSpec:
-    """Validate the fields every run has; `package` is the stored package named by the body."""
+              default_cpus: float, extra: Sequence[str] = (), strategy: str | None = None) -> RunSpec:
+    """Validate the fields every run has; `package` is the stored package named by the body.
+
+    A given `strategy` replaces the body's (a training run names its model there; no params).
+    """
     if not isinstance(body, Mapping):
         raise Invalid("the request must be an object", field=None)
     _refuse_unknown(body, (*RUN_KEYS, *extra))
-    for key in ("strategy", "symbols", "from", "to"):
+    for key in ("symbols", "from", "to") if strategy else ("strategy", "symbols", "from", "to"):
         if key not in body:
             raise Invalid(f"{key} is required", field=key)
     symbols = body["symbols"]
@@ -187,12 +190,15 @@ def parse_run(body: Mapping[str, Any], package: Mapping[str, Any] | None, *,
     if end <= start:
         raise Invalid("to must be after from", field="to")
     params = dict(_object(body.get("params"), "params"))
-    strategy = body["strategy"]
-    if package is None:
+    if strategy is not None:
+        params = {}
+    elif package is None:
+        strategy = body["strategy"]
         cls = get_strategy(strategy)
         params = {k: str(v) if isinstance(v, Decimal) else v
                   for k, v in cls(list(checked), **params).p.items()}
     else:
+        strategy = body["strategy"]
         declared = declared_params(package, strategy)
         params = _plain_params(resolve_params(declared, params, strategy))
     resources = _object(body.get("resources"), "resources")
@@ -282,6 +288,7 @@ def _json(value: Any) -> Any:
 
 
 Submit = Callable[[uuid.UUID], Awaitable[str]]
+EventHook = Callable[[AsyncConnection, str, Mapping[str, Any]], Awaitable[None]]
 
 
 class ResearchStore(TenantScoped):
@@ -400,10 +407,13 @@ class ResearchStore(TenantScoped):
 
     # -- events from the job ---------------------------------------------------------------
 
-    async def apply_event(self, job_id: uuid.UUID, event: Mapping[str, Any]) -> tuple[str, uuid.UUID | None]:
+    async def apply_event(self, job_id: uuid.UUID, event: Mapping[str, Any],
+                          also: EventHook | None = None) -> tuple[str, uuid.UUID | None]:
         """Apply one event of job `job_id` (validated by the route) in one transaction.
 
-        Return the job's kind and bot (a bot job's bot is the caller's business).
+        `also(conn, job kind, event)` runs in that transaction too (what a training job
+        makes belongs to the model registry). Return the job's kind and bot (a bot job's
+        bot is the caller's business).
         """
         async with self._uow() as uow:
             job = (await uow.conn.execute(text(
@@ -444,6 +454,12 @@ class ResearchStore(TenantScoped):
                 await _set_status(uow.conn, job_id, table, "succeeded")
             elif kind == "stopped":
                 await _set_status(uow.conn, job_id, table, "stopped", event["message"])
+            elif kind == "model":
+                if job.kind != "train":
+                    raise Invalid(f"a {job.kind} job cannot report a model", field="type")
+                await _set_status(uow.conn, job_id, table, "succeeded")
+            if also is not None:
+                await also(uow.conn, job.kind, event)
             await uow.commit()
         return job.kind, job.bot_id
 

@@ -30,13 +30,13 @@ from models.datasets import check_label
 from models.features import BarsOrArrays, FeatureSpec, compute_features
 from models.networks import Network, build_network
 from models.training import predict
-from trading.errors import AtpError, Invalid
+from trading.errors import Conflict, Invalid
 
 FORMAT = "atp-model/1"
 
 
-class ModelCorrupt(AtpError):
-    """A stored model whose checksum does not match, or that cannot be read back."""
+class ModelCorrupt(Conflict):
+    """A stored model whose checksum does not match, or that cannot be read back (409)."""
 
     default_code = "model_corrupt"
 

@@ -31,6 +31,7 @@ from serve.routes import (
     health,
     keys,
     market,
+    models,
     research,
     risk,
     runtime,
@@ -117,6 +118,6 @@ def create_api(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     for router in (health.router, auth.router, keys.router, audit.router, admin.router,
                    market.router, bots.router, trading.router, risk.router, runtime.router,
-                   stream.router, billing.router, agents.router, research.router):
+                   stream.router, billing.router, agents.router, research.router, models.router):
         app.include_router(router)
     return app

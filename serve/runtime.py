@@ -71,10 +71,11 @@ class Runtime:
         self._stops.append(("ray", ray.shutdown))
 
     def start_gateway(self) -> str:
-        """Start Serve's HTTP proxy and deploy the gateway; return its base URL."""
+        """Start Serve's HTTP proxy, deploy the model endpoint and the gateway; return its URL."""
         from ray import serve
 
         from serve.app import GATEWAY_APP, build_app
+        from serve.models_app import MODELS_APP, build_models_app
 
         serve.start(http_options={"host": self.settings.http_host,
                                   "port": self.settings.http_port})
@@ -84,6 +85,7 @@ class Runtime:
         # On our own local cluster `ray.shutdown()` ends everything at once, Serve included:
         # its graceful shutdown would wait on a busy feed and bots for no benefit. Their state
         # is in PostgreSQL, and bots marked running start again with the next `up`.
+        serve.run(build_models_app(self.settings), name=MODELS_APP, route_prefix=None)
         serve.run(build_app(self.settings), name=GATEWAY_APP, route_prefix="/")
         return f"http://{self.settings.http_host}:{self.settings.http_port}"
 

@@ -10,6 +10,8 @@ lines. Writes need the trader role, reads the viewer role.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import math
 import time
 import uuid
@@ -28,6 +30,7 @@ from actors.bots import BotStore
 from actors.jobs import admit_job, log_tail
 from actors.research import (
     FINISHED,
+    EventHook,
     OptimizationSpec,
     ResearchStore,
     RunSpec,
@@ -40,6 +43,7 @@ from serve.errors import bounded_body
 from serve.schemas_research import BacktestBody, JobBody, OptimizationBody, body_schema
 from serve.schemas_trading import BotOut
 from tenancy.auth import Principal
+from tenancy.keys import load_cipher
 from tenancy.plans import get_plan
 from trading.errors import Conflict, Forbidden, Invalid, Unavailable
 from trading.orders import Fill, Side
@@ -477,6 +481,15 @@ class Inspected(_Event):
     strategies: list[Described] = Field(max_length=200)
 
 
+class ModelDone(_Event):
+    type: Literal["model"]
+    artifact: str = Field(max_length=MAX_EVENT_BYTES, description="the artifact, base64")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+    backtest: dict[str, Any] | None
+
+
 class Stopped(_Event):
     type: Literal["stopped"]
     message: str = Field(max_length=2000)
@@ -489,7 +502,7 @@ class Failed(_Event):
 
 
 JobEvent = TypeAdapter(Annotated[
-    Started | Progress | Trial | BacktestDone | OptimizationDone | Failed | Stopped | Inspected,
+    Started | Progress | Trial | BacktestDone | OptimizationDone | Failed | Stopped | Inspected | ModelDone,
     Field(discriminator="type")])
 
 
@@ -499,6 +512,37 @@ def _finite(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _finite(v) for k, v in value.items()}
     return value
+
+
+async def _model_hook(principal: Principal, services: ServicesDep, event: Any) -> EventHook | None:
+    """What a training job's result or failure writes into the model registry (same transaction)."""
+    from models import registry
+    from serve.models_app import artifact_context
+
+    tenant = tenant_of(principal)
+    if isinstance(event, ModelDone):
+        try:
+            blob = base64.b64decode(event.artifact, validate=True)
+        except ValueError:
+            raise Invalid("artifact must be base64", field="artifact") from None
+        if hashlib.sha256(blob).hexdigest() != event.sha256:
+            raise Invalid("the artifact does not match its sha256", field="sha256")
+        async with services.db.platform() as uow:
+            cipher = await load_cipher(uow.conn, services.settings.master_key_bytes, tenant.id)
+
+        async def store_model(conn: Any, kind: str, _event: Any) -> None:
+            name, version = await registry.version_of_job(conn, principal.job_id)  # type: ignore[arg-type]
+            await registry.finish_version(
+                conn, principal.job_id, encrypted=cipher.encrypt(blob, artifact_context(name, version)),  # type: ignore[arg-type]
+                sha256=event.sha256, size=len(blob), params=event.params, metrics=_finite(event.metrics),
+                backtest=_finite(event.backtest) if event.backtest else None)
+        return store_model
+    if isinstance(event, Failed):
+        async def fail_model(conn: Any, kind: str, _event: Any) -> None:
+            if kind == "train":
+                await registry.fail_version(conn, principal.job_id, event.message)  # type: ignore[arg-type]
+        return fail_model
+    return None
 
 
 @router.post("/jobs/{job_id}/events", status_code=status.HTTP_204_NO_CONTENT, include_in_schema=False)
@@ -516,7 +560,8 @@ async def job_event(job_id: str, request: Request, principal: PrincipalDep, serv
     data = event.model_dump(mode="json")
     if isinstance(event, BacktestDone):
         data["trades"] = [t.model_dump() for t in event.trades]  # typed for the insert
-    kind, bot_id = await _store(principal, services).apply_event(uuid.UUID(job_id), _finite(data))
+    kind, bot_id = await _store(principal, services).apply_event(
+        uuid.UUID(job_id), _finite(data), await _model_hook(principal, services, event))
     if kind == "bot" and bot_id is not None:
         tenant = tenant_of(principal)
         args = (services.settings, services.db, tenant.id, tenant.slug, bot_id)
