@@ -1,7 +1,7 @@
 """Training a tenant's model: the request, validated completely before anything runs.
 
 `parse_training` checks a ``POST /v1/models`` body: the model's name, architecture and
-hyperparameters (`models.networks.check_hyper`), features (`models.features.FeatureSpec`),
+hyperparameters (`models.hyper.check_hyper`), features (`models.features.FeatureSpec`),
 label, one symbol and its data (as a backtest's), the window length, the training
 settings, the time split, and an optional search space over hyperparameters and training
 settings — every value a range or choice may take is checked like a fixed one. The job
@@ -30,7 +30,7 @@ from actors.research import (
 )
 from models.datasets import check_label
 from models.features import FeatureSpec
-from models.networks import MAX_LOOKBACK, check_hyper
+from models.hyper import MAX_LOOKBACK, check_hyper
 from models.registry import check_name
 from trading.errors import Invalid
 

@@ -19,7 +19,6 @@ bad one) and fills in defaults; ``network.hyper`` keeps the full, JSON-friendly 
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -29,34 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.datasets import LABEL_KINDS
+from models.hyper import HYPER, MAX_FEATURES, MAX_LOOKBACK, _integer, check_hyper
 from trading.errors import Invalid
-
-MAX_FEATURES = 1024
-MAX_LOOKBACK = 1024
-
-
-def _integer(value: Any, name: str, least: int, most: int) -> int:
-    try:
-        number = operator.index(value)
-    except TypeError:
-        number = None
-    if isinstance(value, bool) or number is None or not least <= number <= most:
-        raise Invalid(f"{name} must be an integer from {least} to {most}", field=name)
-    return number
-
-
-def _dropout(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.floating) \
-            or not 0 <= value < 1:
-        raise Invalid("dropout must be a number in [0, 1)", field="dropout")
-    return float(value)
-
-
-def _hidden(value: Any) -> list[int]:
-    if isinstance(value, str | bytes) or not isinstance(value, list | tuple) \
-            or not 1 <= len(value) <= 8:
-        raise Invalid("hidden must be a list of 1 to 8 layer sizes", field="hidden")
-    return [_integer(size, "hidden", 1, 4096) for size in value]
 
 
 class Network(nn.Module):
@@ -109,7 +82,7 @@ class MLP(Network):
     """Fully connected layers over the flattened window."""
 
     architecture = "mlp"
-    HYPER = {"hidden": ((64, 32), _hidden), "dropout": (0.1, _dropout)}
+    HYPER = HYPER["mlp"]
 
     def __init__(self, n_features: int, lookback: int, output: str, hyper: Mapping[str, Any]) -> None:
         super().__init__(n_features, lookback, output, hyper)
@@ -144,12 +117,7 @@ class TCN(Network):
     """A small temporal convolution net: causal dilated convolutions over the window."""
 
     architecture = "tcn"
-    HYPER = {
-        "channels": (16, lambda v: _integer(v, "channels", 1, 512)),
-        "levels": (3, lambda v: _integer(v, "levels", 1, 10)),
-        "kernel_size": (3, lambda v: _integer(v, "kernel_size", 2, 16)),
-        "dropout": (0.1, _dropout),
-    }
+    HYPER = HYPER["tcn"]
 
     def __init__(self, n_features: int, lookback: int, output: str, hyper: Mapping[str, Any]) -> None:
         super().__init__(n_features, lookback, output, hyper)
@@ -166,19 +134,6 @@ class TCN(Network):
 
 
 ARCHITECTURES: dict[str, type[Network]] = {"mlp": MLP, "tcn": TCN}
-
-
-def check_hyper(architecture: str, hyper: Mapping[str, Any]) -> dict[str, Any]:
-    """Return `hyper` validated and completed with defaults; `Invalid` names a bad one."""
-    if architecture not in ARCHITECTURES:
-        raise Invalid(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}",
-                      field="architecture")
-    table = ARCHITECTURES[architecture].HYPER
-    for name in hyper:
-        if name not in table:
-            raise Invalid(f"{architecture} has no hyperparameter {name!r}; it has "
-                          f"{', '.join(table)}", field=str(name))
-    return {name: check(hyper.get(name, default)) for name, (default, check) in table.items()}
 
 
 def build_network(architecture: str, n_features: int, lookback: int, output: str, *,

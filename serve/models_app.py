@@ -15,17 +15,19 @@ one.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from ray import serve
 
-from models.artifacts import LoadedModel, ModelCorrupt, load_artifact
 from models.registry import ModelRegistry
 from tenancy.db import Database
 from tenancy.keys import DecryptionError, load_cipher
 from tenancy.settings import Settings
 from trading.errors import Invalid, NotFound
+
+if TYPE_CHECKING:  # torch is imported by the model replicas only, never by the gateway
+    from models.artifacts import LoadedModel
 
 MODELS_APP = "models"
 MODELS_DEPLOYMENT = "Models"
@@ -65,6 +67,8 @@ class ModelServer:
 
     @serve.multiplexed(max_num_models_per_replica=MODELS_PER_REPLICA)
     async def get_model(self, key: str) -> LoadedModel:
+        from models.artifacts import ModelCorrupt, load_artifact
+
         tenant_id, name, version = parse_key(key)
         db = self._database()
         async with db.platform() as uow:
