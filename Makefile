@@ -44,6 +44,8 @@ bench: install
 	cd benchmarks && ../$(BIN)/python tick_to_trade.py
 	cd benchmarks && ../$(BIN)/python metering.py
 	cd benchmarks && ../$(BIN)/python agent_sync.py
+	cd benchmarks && ../$(BIN)/python backtest.py
+	cd benchmarks && ../$(BIN)/python model_serving.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
