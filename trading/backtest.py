@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from itertools import islice
+from itertools import chain, islice
 from typing import Any, NoReturn
 
 from trading.broker import Expiry, PaperBroker
@@ -41,6 +41,8 @@ from trading.values import Money, money, non_negative
 
 DEFAULT_LOT = Decimal("0.00000001")  # lot of a symbol without a known instrument
 END_REASON = "end_of_backtest"
+# Members as globals: see `trading.orders.LIMIT_TYPES` on why.
+_ACCEPTED, _REJECTED, _FILLED = OrderStatus.ACCEPTED, OrderStatus.REJECTED, OrderStatus.FILLED
 
 
 @dataclass(frozen=True)
@@ -79,19 +81,18 @@ def merge_bars(*streams: Iterable[Bar]) -> Iterable[Bar]:
 
 
 class BacktestContext:
-    """The `StrategyContext` of a backtest: orders go to the engine at once, time is the bar's."""
+    """The `StrategyContext` of a backtest: orders go to the engine at once, time is the bar's.
 
-    def __init__(self, engine: _Engine, history: int) -> None:
+    It reads the engine's state (the clock, each symbol's recent bars, the portfolio, the
+    open orders), which the engine's bar loop keeps.
+    """
+
+    def __init__(self, engine: _Engine) -> None:
         self._engine = engine
-        self._history = max(history, 2)
-        self._bars: dict[str, deque[Bar]] = {}
-        self._now = datetime(1970, 1, 1, tzinfo=UTC)
-
-    # -- the StrategyContext protocol ---------------------------------------------------
 
     @property
     def now(self) -> datetime:
-        return self._now
+        return self._engine.now
 
     @property
     def cash(self) -> Decimal:
@@ -119,37 +120,28 @@ class BacktestContext:
         return self._engine.portfolio.position(symbol).quantity
 
     def last_price(self, symbol: str) -> Decimal | None:
-        bars = self._bars.get(symbol)
+        bars = self._engine.history.get(symbol)
         return bars[-1].close if bars else None
 
     def history(self, symbol: str, n: int) -> Sequence[Bar]:
-        bars = self._bars.get(symbol)
+        bars = self._engine.history.get(symbol)
         if not bars or n <= 0:
             return []
         return list(bars) if n >= len(bars) else list(islice(bars, len(bars) - n, None))
 
     def open_orders(self, symbol: str | None = None) -> Sequence[str]:
-        return self._engine.open_orders(symbol)
+        orders = self._engine.open
+        if not orders:
+            return []
+        return [cid for cid, o in orders.items() if symbol is None or o.symbol == symbol]
 
     def log(self, message: str) -> None:
-        self._engine.logs.append((self._now, str(message)))
-
-    # -- the engine's side --------------------------------------------------------------
-
-    def begin(self, ts: datetime) -> None:
-        """Move the clock to the time step `ts`."""
-        self._now = ts
-
-    def add_bar(self, bar: Bar) -> None:
-        """Append a bar of the current step to its symbol's history."""
-        bars = self._bars.get(bar.symbol)
-        if bars is None:
-            bars = self._bars[bar.symbol] = deque(maxlen=self._history)
-        bars.append(bar)
+        engine = self._engine
+        engine.logs.append((engine.now, str(message)))
 
 
 class _Engine:
-    """One backtest's state: strategy, broker, portfolio, optional risk engine."""
+    """One backtest's state (strategy, broker, portfolio, optional risk engine) and its bar loop."""
 
     def __init__(self, strategy: Strategy, instruments: Mapping[str, Instrument], capital: Money,
                  fee_bps: Decimal, slippage_bps: Decimal, risk_limits: RiskLimits | None) -> None:
@@ -158,7 +150,10 @@ class _Engine:
         self.portfolio = Portfolio(capital)
         self.broker = PaperBroker(self.instruments, fee_bps=fee_bps, slippage_bps=slippage_bps)
         self.risk = None if risk_limits is None else RiskEngine(risk_limits)
-        self.ctx = BacktestContext(self, strategy.warmup + 1)
+        self.now = datetime(1970, 1, 1, tzinfo=UTC)  # the current time step
+        self.history: dict[str, deque[Bar]] = {}  # each symbol's last bars, oldest first
+        self.depth = max(strategy.warmup + 1, 2)  # how many bars `history` keeps per symbol
+        self.ctx = BacktestContext(self)
         self.orders: list[Order] = []
         self.open: dict[str, Order] = {}
         self.fills: list[Fill] = []
@@ -168,23 +163,75 @@ class _Engine:
         self.logs: list[tuple[datetime, str]] = []
         self._count = 0
 
+    def replay(self, bars: Iterable[Bar]) -> datetime | None:
+        """Run `bars` through the engine (see the module docstring); return the last step's ts.
+
+        The per-bar work is written out in this loop rather than split into small methods:
+        it runs once per bar, a million times in a long backtest, where each call saved
+        shows. `on_start` runs once the clock shows the first bar's time.
+        """
+        stream = iter(bars)
+        first = next(stream, None)
+        if first is None:
+            return None
+        strategy, ctx, portfolio, history = self.strategy, self.ctx, self.portfolio, self.history
+        curve, risk = self.curve, self.risk
+        mark = portfolio.marker()
+        traded = frozenset(strategy.symbols)
+        now = self.now = first.ts  # the current step's ts
+        strategy.on_start(ctx)
+        symbol = ""  # the last bar's symbol
+        for bar in chain((first,), stream):
+            ts = bar.ts
+            if ts > now:  # the step `now` is over: `end_step(now)`, written out
+                equity = portfolio.equity
+                curve.append((now, equity))
+                if risk is not None:
+                    self._watch(risk, equity, now)
+                now = self.now = ts
+            elif ts < now or bar.symbol <= symbol:
+                _out_of_order(bar, now, symbol)
+            symbol = bar.symbol
+            recent = history.get(symbol)
+            if recent is None:
+                recent = history[symbol] = deque(maxlen=self.depth)
+            recent.append(bar)
+            if self.open:
+                self._execute(bar)
+            mark(symbol, bar.close)
+            if symbol in traded:
+                strategy.on_bar(ctx, bar)
+        return now
+
+    def end_step(self, ts: datetime) -> None:
+        """Record the equity of the step `ts` and, with risk limits, hand it to the risk engine."""
+        equity = self.portfolio.equity
+        self.curve.append((ts, equity))
+        if self.risk is not None:
+            self._watch(self.risk, equity, ts)
+
+    def _watch(self, risk: RiskEngine, equity: Money, ts: datetime) -> None:
+        """Hand the step's equity to the risk engine; keep what it reports."""
+        for event in risk.on_equity(equity, ts):
+            self.risk_events.append((ts, event.kind, event.message))
+
     def place(self, side: str, symbol: str, quantity: Decimal, type_: str, limit_price: Decimal | None,
               stop_price: Decimal | None, tif: str) -> str:
         self._count += 1
         cid = f"bt-{self._count}"
-        now = self.ctx.now
+        now = self.now
         order = Order.new(client_order_id=cid, symbol=symbol, side=side, type=type_, quantity=quantity,
                           limit_price=limit_price, stop_price=stop_price, time_in_force=tif,
                           created_at=now)
         self.orders.append(order)
         reason = self._refusal(order)
         if reason is not None:
-            order.transition(OrderStatus.REJECTED, reason=reason, ts=now)
+            order._move(_REJECTED, reason)  # a backtest keeps no order events
             self.rejections.append((now, cid, reason))
             return cid
-        order.transition(OrderStatus.ACCEPTED, ts=now)
+        order._move(_ACCEPTED)
         self.open[cid] = order
-        self.broker.submit(order, now)
+        self.broker.submit(order, now, adopt=True)  # the broker books its fills and expiries
         return cid
 
     def _refusal(self, order: Order) -> str | None:
@@ -202,7 +249,7 @@ class _Engine:
         decision = self.risk.check(order, position=self.portfolio.position(order.symbol).quantity,
                                    gross_exposure=self.portfolio.gross_exposure,
                                    open_orders=len(self.open),
-                                   last_price=self.ctx.last_price(order.symbol), now=self.ctx.now)
+                                   last_price=self.ctx.last_price(order.symbol), now=self.now)
         if decision.accepted:
             return None
         return f"{decision.reason}: {decision.message}" if decision.reason else decision.message
@@ -211,46 +258,29 @@ class _Engine:
         if client_order_id not in self.open:
             self.ctx.log(f"cancel ignored: {client_order_id} is not an open order")
             return
-        expiry = self.broker.cancel(client_order_id, self.ctx.now)
+        expiry = self.broker.cancel(client_order_id, self.now)
         if expiry is not None:
             self._end(expiry)
 
-    def open_orders(self, symbol: str | None) -> list[str]:
-        if not self.open:
-            return []
-        return [cid for cid, o in self.open.items() if symbol is None or o.symbol == symbol]
+    def _execute(self, bar: Bar) -> None:
+        """Let the broker execute the open orders against `bar`; book what happened."""
+        for event in self.broker.on_bar(bar):
+            if isinstance(event, Expiry):
+                self._end(event)
+            else:
+                self._fill(event)
 
-    def on_bar(self, bar: Bar) -> None:
-        self.ctx.add_bar(bar)
-        if self.open:
-            for event in self.broker.on_bar(bar):
-                if isinstance(event, Expiry):
-                    self._end(event)
-                else:
-                    self._fill(event)
-        self.portfolio.mark_bar(bar)
-        if bar.symbol in self.strategy.symbols:
-            self.strategy.on_bar(self.ctx, bar)
-
-    def end_step(self, ts: datetime) -> None:
-        equity = self.portfolio.equity
-        self.curve.append((ts, equity))
-        if self.risk is not None:
-            for event in self.risk.on_equity(equity, ts):
-                self.risk_events.append((ts, event.kind, event.message))
+    # The broker adopted the orders: a fill or an expiry it reports is on the order already.
 
     def _fill(self, fill: Fill) -> None:
-        order = self.open[fill.client_order_id]
-        order.apply_fill(fill)
         self.portfolio.apply_fill(fill)
         self.fills.append(fill)
-        if not order.is_open:
+        if self.open[fill.client_order_id].status is _FILLED:  # not when an IOC expiry follows
             del self.open[fill.client_order_id]
         self.strategy.on_fill(self.ctx, fill)
 
     def _end(self, expiry: Expiry) -> None:
-        order = self.open.pop(expiry.client_order_id)
-        order.transition(expiry.status, reason=expiry.reason, ts=expiry.ts)
+        del self.open[expiry.client_order_id]
 
 
 def run_backtest(strategy: str, params: Mapping[str, Any], bars: Iterable[Bar], *, capital: Any,
@@ -280,31 +310,14 @@ def run_backtest(strategy: str, params: Mapping[str, Any], bars: Iterable[Bar], 
     for symbol in symbols:
         known.setdefault(symbol, default_instrument(symbol))
     engine = _Engine(live, known, cost, fee, slip, risk_limits)
-    now: datetime | None = None  # the current step's ts
-    symbol = ""  # the last bar's symbol
-    for bar in stream:
-        if bar.ts != now:
-            if now is None:
-                engine.ctx.begin(bar.ts)
-                live.on_start(engine.ctx)
-            elif bar.ts < now:
-                _out_of_order(bar, now, symbol)
-            else:
-                engine.end_step(now)
-                engine.ctx.begin(bar.ts)
-            now = bar.ts
-        elif bar.symbol <= symbol:
-            _out_of_order(bar, now, symbol)
-        engine.on_bar(bar)
-        symbol = bar.symbol
+    now = engine.replay(stream)
     if now is None:
         raise Invalid("there are no bars to backtest", field="bars")
     engine.end_step(now)
     live.on_stop(engine.ctx)
     for cid in list(engine.open):
-        expiry = engine.broker.cancel(cid, now)
-        if expiry is not None:
-            engine.open.pop(cid).transition(OrderStatus.CANCELED, reason=END_REASON, ts=now)
+        if engine.broker.cancel(cid, now, reason=END_REASON) is not None:
+            del engine.open[cid]
     return BacktestResult(strategy=cls.name, params=dict(live.p), symbols=live.symbols, capital=cost,
                           fills=engine.fills, orders=engine.orders, equity_curve=engine.curve,
                           final_equity=engine.portfolio.equity, rejections=engine.rejections,

@@ -2,7 +2,10 @@
 
 The paper broker keeps its own working copy of every order it is given and never touches
 the caller's object: `on_bar` and `cancel` return `Fill`s and `Expiry`s for the caller to
-persist and then apply to its own orders.
+persist and then apply to its own orders. A caller that owns both sides and keeps no
+events (the backtester) may instead hand an order over with ``submit(order, ts,
+adopt=True)``: the broker then works on that object itself, which is already up to date
+with the fills and expiries returned for it.
 
 Execution rules, per bar, for each open order of the bar's symbol in submission order:
 
@@ -38,11 +41,26 @@ from typing import Protocol
 
 from trading.errors import Invalid
 from trading.instruments import Bar, Instrument
-from trading.orders import Fill, Order, OrderStatus, OrderType, Side, TimeInForce
+from trading.orders import (
+    LIMIT_TYPES,
+    STOP_TYPES,
+    Fill,
+    Order,
+    OrderStatus,
+    OrderType,
+    Side,
+    TimeInForce,
+)
 from trading.values import ZERO, Price, Quantity, bps, non_negative, round_to_step, to_decimal
 
 FEE_QUANTUM = Decimal("0.00000001")
 _ENDINGS = (OrderStatus.CANCELED, OrderStatus.EXPIRED)
+# The members read per order, as globals (see `trading.orders.LIMIT_TYPES` on why).
+_ACCEPTED, _FILLED = OrderStatus.ACCEPTED, OrderStatus.FILLED
+_CANCELED, _EXPIRED = OrderStatus.CANCELED, OrderStatus.EXPIRED
+_MARKET, _STOP = OrderType.MARKET, OrderType.STOP
+_DAY, _IOC = TimeInForce.DAY, TimeInForce.IOC
+_BUY = Side.BUY
 
 
 @dataclass(frozen=True)
@@ -81,22 +99,20 @@ class Broker(Protocol):
 
 @dataclass
 class _Working:
-    order: Order  # the broker's own copy
+    order: Order  # the broker's own copy (or the caller's order, adopted)
     after: datetime  # eligible only on bars strictly after this
     wait: int  # eligible bars still to skip (latency)
     day: date  # UTC date of submission, for DAY orders
     fills: int  # fills so far; the next fill id ends in fills + 1
+    # A stop or stop-limit whose stop price was reached: kept here, not on the order, so
+    # that an adopted order changes only as the fills and expiries returned for it say.
+    triggered: bool
 
 
 def _utc(ts: datetime, field: str) -> datetime:
     if not isinstance(ts, datetime) or ts.tzinfo is None:
         raise Invalid(f"{field} must be a timezone-aware datetime", field=field)
     return ts.astimezone(UTC)
-
-
-def _to_tick(value: Decimal, tick: Decimal, *, up: bool) -> Price:
-    units = (value / tick).to_integral_value(rounding=ROUND_CEILING if up else ROUND_FLOOR)
-    return max(tick, units * tick)
 
 
 def _required(value: Price | None) -> Price:
@@ -128,22 +144,27 @@ class PaperBroker:
 
     # -- the port ---------------------------------------------------------------------------
 
-    def submit(self, order: Order, ts: datetime) -> None:
-        """Take a copy of an ACCEPTED order submitted at `ts`; refuse anything else."""
-        if order.status is not OrderStatus.ACCEPTED:
+    def submit(self, order: Order, ts: datetime, *, adopt: bool = False) -> None:
+        """Take a copy of an ACCEPTED order submitted at `ts`; refuse anything else.
+
+        With `adopt`, take `order` itself instead of a copy: the fills and expiries this
+        broker returns for it are then applied to it already, and the caller must not
+        apply them again.
+        """
+        if order.status is not _ACCEPTED:
             raise Invalid(f"only accepted orders can be submitted, not {order.status.value}",
                           field="status")
         self._check(order)
         at = _utc(ts, "ts")
         self._working[order.client_order_id] = _Working(
-            order.copy(), after=at, wait=self.latency_bars, day=at.date(), fills=0)
+            order if adopt else order.copy(), at, self.latency_bars, at.date(), 0, order.triggered)
 
-    def cancel(self, client_order_id: str, ts: datetime) -> Expiry | None:
-        """Cancel an open order; return None if it is unknown or already done."""
+    def cancel(self, client_order_id: str, ts: datetime, *, reason: str = "canceled") -> Expiry | None:
+        """Cancel an open order, giving `reason`; return None if it is unknown or already done."""
         working = self._working.get(client_order_id)
         if working is None:
             return None
-        return self._end(working, OrderStatus.CANCELED, "canceled", _utc(ts, "ts"))
+        return self._end(working, _CANCELED, reason, _utc(ts, "ts"))
 
     def on_bar(self, bar: Bar) -> list[Fill | Expiry]:
         """Execute the open orders of the bar's symbol; return fills and expiries in order."""
@@ -154,12 +175,13 @@ class PaperBroker:
         cap: Quantity | None = None
         if self.max_volume_share is not None:
             cap = round_to_step(bar.volume * self.max_volume_share, instrument.lot_size, down=True)
+        ts = bar.ts
         for working in [w for w in self._working.values() if w.order.symbol == bar.symbol]:
             order = working.order
-            if order.time_in_force is TimeInForce.DAY and bar.ts.date() > working.day:
-                events.append(self._end(working, OrderStatus.EXPIRED, "end_of_day", bar.ts))
+            if order.time_in_force is _DAY and ts.date() > working.day:
+                events.append(self._end(working, _EXPIRED, "end_of_day", ts))
                 continue
-            if bar.ts <= working.after:
+            if ts <= working.after:
                 continue
             if working.wait > 0:
                 working.wait -= 1
@@ -169,10 +191,10 @@ class PaperBroker:
                 events.append(fill)
                 if cap is not None:
                     cap -= fill.quantity
-            if order.remaining <= 0:
+            if order.status is _FILLED:
                 del self._working[order.client_order_id]
-            elif order.time_in_force is TimeInForce.IOC:
-                events.append(self._end(working, OrderStatus.CANCELED, "ioc_unfilled", bar.ts))
+            elif order.time_in_force is _IOC:
+                events.append(self._end(working, _CANCELED, "ioc_unfilled", ts))
         return events
 
     def open_orders(self) -> list[str]:
@@ -184,7 +206,11 @@ class PaperBroker:
     def order(self, client_order_id: str) -> Order | None:
         """Return a copy of the broker's working state of an open order (None if not open)."""
         working = self._working.get(client_order_id)
-        return None if working is None else working.order.copy()
+        if working is None:
+            return None
+        state = working.order.copy()
+        state.triggered = working.triggered
+        return state
 
     def restore(self, orders: Iterable[Order], *, fills_so_far: Mapping[str, int] | None = None,
                 as_of: datetime | None = None) -> None:
@@ -207,7 +233,8 @@ class PaperBroker:
                 raise Invalid("fills_so_far must hold non-negative integers", field="fills_so_far")
             created = _utc(order.created_at, "created_at")
             self._working[order.client_order_id] = _Working(
-                order.copy(), after=after or created, wait=0, day=created.date(), fills=done)
+                order.copy(), after=after or created, wait=0, day=created.date(), fills=done,
+                triggered=order.triggered)
 
     # -- internals --------------------------------------------------------------------------
 
@@ -217,47 +244,52 @@ class PaperBroker:
         if order.client_order_id in self._working:
             raise Invalid(f"order {order.client_order_id} is already working",
                           field="client_order_id")
-        if order.type in (OrderType.LIMIT, OrderType.STOP_LIMIT) and order.limit_price is None:
+        if order.limit_price is None and order.type in LIMIT_TYPES:
             raise Invalid(f"a {order.type.value} order needs limit_price", field="limit_price")
-        if order.type in (OrderType.STOP, OrderType.STOP_LIMIT) and order.stop_price is None:
+        if order.stop_price is None and order.type in STOP_TYPES:
             raise Invalid(f"a {order.type.value} order needs stop_price", field="stop_price")
 
     def _end(self, working: _Working, status: OrderStatus, reason: str, ts: datetime) -> Expiry:
         order = working.order
-        order.transition(status, reason=reason, ts=ts)
+        order._move(status, reason)  # no event: the caller gets the Expiry
         del self._working[order.client_order_id]
         return Expiry(order.client_order_id, status, reason, ts)
 
     def _execute(self, working: _Working, bar: Bar, instrument: Instrument,
                  cap: Quantity | None) -> Fill | None:
-        px = self._price(working.order, bar, instrument)
+        order = working.order
+        px = self._price(working, bar, instrument)
         if px is None:
             return None
-        order = working.order
-        qty = order.remaining if cap is None else min(order.remaining, cap)
+        remaining = order.remaining
+        qty = remaining if cap is None else min(remaining, cap)
         if qty <= 0:
             return None
         fee = bps(qty * px, self.fee_bps).quantize(FEE_QUANTUM, rounding=ROUND_HALF_EVEN)
         working.fills += 1
-        fill = Fill(fill_id=f"{order.client_order_id}:{working.fills}",
-                    client_order_id=order.client_order_id, symbol=order.symbol, side=order.side,
-                    quantity=qty, price=px, fee=fee, ts=bar.ts)
-        order.apply_fill(fill)
+        cid = order.client_order_id
+        # qty is positive (checked above), px a positive price (a bar's, a limit's or a
+        # tick multiple of at least one tick), fee a non-negative quantized Decimal.
+        fill = Fill._trusted(f"{cid}:{working.fills}", cid, order.symbol, order.side, qty, px, fee,
+                             bar.ts)
+        order._book(fill)
         return fill
 
-    def _price(self, order: Order, bar: Bar, instrument: Instrument) -> Price | None:
-        """Return this bar's fill price for `order`, or None; mark stops triggered."""
-        buy = order.side is Side.BUY
-        if order.type is OrderType.MARKET:
+    def _price(self, working: _Working, bar: Bar, instrument: Instrument) -> Price | None:
+        """Return this bar's fill price for the working order, or None; mark stops triggered."""
+        order = working.order
+        buy = order.side is _BUY
+        kind = order.type
+        if kind is _MARKET:
             return self._slip(bar.open, buy, instrument)
         reference = bar.open
-        if order.type in (OrderType.STOP, OrderType.STOP_LIMIT) and not order.triggered:
+        if kind in STOP_TYPES and not working.triggered:
             stop = _required(order.stop_price)
             if not (bar.high >= stop if buy else bar.low <= stop):
                 return None
-            order.triggered = True
+            working.triggered = True
             reference = max(bar.open, stop) if buy else min(bar.open, stop)
-        if order.type is OrderType.STOP:
+        if kind is _STOP:
             return self._slip(reference, buy, instrument)
         limit = _required(order.limit_price)
         if buy:
@@ -265,5 +297,10 @@ class PaperBroker:
         return max(reference, limit) if bar.high >= limit else None
 
     def _slip(self, px: Price, buy: bool, instrument: Instrument) -> Price:
-        moved = px + bps(px, self.slippage_bps) if buy else px - bps(px, self.slippage_bps)
-        return _to_tick(moved, instrument.tick_size, up=buy)
+        """Move `px` against the trader by the slippage, then to the tick (up for a buy), >= 1 tick."""
+        tick = instrument.tick_size
+        if buy:
+            units = ((px + bps(px, self.slippage_bps)) / tick).to_integral_value(rounding=ROUND_CEILING)
+        else:
+            units = ((px - bps(px, self.slippage_bps)) / tick).to_integral_value(rounding=ROUND_FLOOR)
+        return max(tick, units * tick)

@@ -98,7 +98,7 @@ class SmaCross:
         if self.fast >= self.slow:
             raise Invalid("fast must be below slow", field="fast")
         self._unit = 1  # closes are counted in 1/unit; unit is a power of ten
-        self._closes: deque[int] = deque()  # the last `slow` closes, in 1/unit
+        self._closes: deque[int] = deque(maxlen=self.slow)  # the last `slow` closes, in 1/unit
         self._fast_sum = 0
         self._slow_sum = 0
         self._diff: int | None = None  # at the previous close, once there were `slow` closes
@@ -110,15 +110,18 @@ class SmaCross:
             self._refine(denominator)
         units = numerator * (self._unit // denominator)
         closes, fast, slow = self._closes, self.fast, self.slow
-        closes.append(units)
-        self._fast_sum += units
-        self._slow_sum += units
-        if len(closes) > fast:
-            self._fast_sum -= closes[-fast - 1]
-        if len(closes) > slow:
-            self._slow_sum -= closes.popleft()
-        elif len(closes) < slow:
-            return 0
+        if len(closes) == slow:  # both windows slide: their oldest closes leave
+            self._fast_sum += units - closes[-fast]
+            self._slow_sum += units - closes[0]
+            closes.append(units)  # and drops closes[0]
+        else:
+            closes.append(units)
+            self._fast_sum += units
+            self._slow_sum += units
+            if len(closes) > fast:
+                self._fast_sum -= closes[-fast - 1]
+            if len(closes) < slow:
+                return 0
         diff = self._fast_sum * slow - self._slow_sum * fast
         previous, self._diff = self._diff, diff
         if previous is None:
@@ -135,7 +138,7 @@ class SmaCross:
         while self._unit * factor % denominator:
             factor *= 10
         self._unit *= factor
-        self._closes = deque(units * factor for units in self._closes)
+        self._closes = deque((units * factor for units in self._closes), maxlen=self.slow)
         self._fast_sum *= factor
         self._slow_sum *= factor  # the previous diff only lends its sign: it can stay
 
@@ -335,13 +338,13 @@ class FixedQuantityStrategy(Strategy, Generic[IndicatorT]):
         if signal == 0 or ctx.open_orders(symbol):
             return None
         position: Decimal = ctx.position(symbol)
-        size: Decimal = self.p.quantity
+        size: Decimal = self.p["quantity"]  # by key: `.quantity` is a failed lookup, then __getattr__
         if signal > 0:
             if position > 0:
                 return None
             ctx.log(f"{self.name} {symbol}: {why}; buying {size - position}")
             return ctx.buy(symbol, size - position)
-        target = -size if self.p.allow_short else ZERO
+        target = -size if self.p["allow_short"] else ZERO
         if position <= target:
             return None
         ctx.log(f"{self.name} {symbol}: {why}; selling {position - target}")

@@ -33,7 +33,7 @@ class Side(StrEnum):
 
     @property
     def sign(self) -> int:
-        return 1 if self is Side.BUY else -1
+        return 1 if self is _BUY else -1
 
 
 class OrderType(StrEnum):
@@ -64,8 +64,19 @@ class OrderStatus(StrEnum):
 
     @property
     def is_open(self) -> bool:
-        return self in (OrderStatus.ACCEPTED, OrderStatus.PARTIALLY_FILLED)
+        return self in OPEN_STATUSES
 
+
+# Members gathered once. On Python 3.11 reading a member off its class (`OrderType.LIMIT`)
+# runs a Python-level descriptor, some ten times the cost of a global or a set lookup, and
+# calling the class (`Side("buy")`) more still: the order and fill paths use these instead.
+LIMIT_TYPES = frozenset({OrderType.LIMIT, OrderType.STOP_LIMIT})  # the types with a limit price
+STOP_TYPES = frozenset({OrderType.STOP, OrderType.STOP_LIMIT})  # the types with a stop price
+OPEN_STATUSES = frozenset({OrderStatus.ACCEPTED, OrderStatus.PARTIALLY_FILLED})
+_BUY = Side.BUY
+_FILLED, _PARTIALLY_FILLED = OrderStatus.FILLED, OrderStatus.PARTIALLY_FILLED
+_MEMBERS: dict[type[StrEnum], dict[str, StrEnum]] = {
+    cls: {member.value: member for member in cls} for cls in (Side, OrderType, TimeInForce)}
 
 S = OrderStatus
 TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
@@ -93,6 +104,9 @@ def validate_client_order_id(value: Any, *, field: str = "client_order_id") -> s
 
 
 def _enum(cls: type[StrEnum], value: Any, field: str) -> Any:
+    member = _MEMBERS[cls].get(value) if isinstance(value, str) else None
+    if member is not None:  # a dict lookup: calling the enum class is ten times slower
+        return member
     try:
         return cls(value)
     except ValueError:
@@ -129,6 +143,20 @@ class Fill:
         object.__setattr__(self, "price", price(self.price))
         object.__setattr__(self, "fee", non_negative(self.fee, field="fee"))
 
+    @classmethod
+    def _trusted(cls, fill_id: str, client_order_id: str, symbol: str, side: Side,
+                 quantity: Quantity, price: Price, fee: Money, ts: datetime) -> Fill:
+        """Build a fill from values that are valid already, skipping `__post_init__`.
+
+        Only for the engine's own fills (the paper broker's), whose quantity and price are
+        positive Decimals and fee a non-negative Decimal by construction; everything else
+        builds a `Fill` normally, which validates.
+        """
+        fill = object.__new__(cls)
+        fill.__dict__.update(fill_id=fill_id, client_order_id=client_order_id, symbol=symbol,
+                             side=side, quantity=quantity, price=price, fee=fee, ts=ts)
+        return fill
+
     @property
     def notional(self) -> Money:
         return self.quantity * self.price
@@ -164,20 +192,19 @@ class Order:
         order_type = _enum(OrderType, type, "type")
         lp = None if limit_price is None else price(limit_price, field="limit_price")
         sp = None if stop_price is None else price(stop_price, field="stop_price")
-        if order_type in (OrderType.LIMIT, OrderType.STOP_LIMIT) and lp is None:
+        has_limit, has_stop = order_type in LIMIT_TYPES, order_type in STOP_TYPES
+        if has_limit and lp is None:
             raise Invalid(f"a {order_type.value} order needs limit_price", field="limit_price")
-        if order_type in (OrderType.STOP, OrderType.STOP_LIMIT) and sp is None:
+        if has_stop and sp is None:
             raise Invalid(f"a {order_type.value} order needs stop_price", field="stop_price")
-        if order_type in (OrderType.MARKET, OrderType.STOP) and lp is not None:
+        if not has_limit and lp is not None:
             raise Invalid(f"a {order_type.value} order takes no limit_price", field="limit_price")
-        if order_type in (OrderType.MARKET, OrderType.LIMIT) and sp is not None:
+        if not has_stop and sp is not None:
             raise Invalid(f"a {order_type.value} order takes no stop_price", field="stop_price")
-        return cls(
-            client_order_id=validate_client_order_id(client_order_id),
-            symbol=validate_symbol(symbol), side=_enum(Side, side, "side"), type=order_type,
-            quantity=_qty(quantity), limit_price=lp, stop_price=sp,
-            time_in_force=_enum(TimeInForce, time_in_force, "time_in_force"), bot_id=bot_id,
-            created_at=created_at or datetime.now(UTC))
+        return cls(validate_client_order_id(client_order_id), validate_symbol(symbol),
+                   _enum(Side, side, "side"), order_type, _qty(quantity), lp, sp,
+                   _enum(TimeInForce, time_in_force, "time_in_force"), bot_id,
+                   created_at=created_at or datetime.now(UTC))
 
     @property
     def remaining(self) -> Quantity:
@@ -194,38 +221,52 @@ class Order:
     def transition(self, to: OrderStatus, *, reason: str | None = None,
                    ts: datetime | None = None) -> OrderEvent:
         """Move to `to` if the table allows it; return the event, or raise."""
-        if to not in TRANSITIONS[self.status]:
-            raise IllegalTransition(
-                f"order {self.client_order_id}: {self.status.value} → {to.value} is not allowed",
-                field="status")
-        event = OrderEvent(self.client_order_id, self.status, to, reason,
-                           ts or datetime.now(UTC))
-        self.status = to
-        if reason is not None:
-            self.reason = reason
-        return event
+        before = self._move(to, reason)
+        return OrderEvent(self.client_order_id, before, to, reason, ts or datetime.now(UTC))
 
     def apply_fill(self, fill: Fill) -> OrderEvent:
         """Add a fill: quantities, average price and fees; status to partially/fully filled."""
+        before = self._book(fill)
+        return OrderEvent(self.client_order_id, before, self.status, None, fill.ts)
+
+    # `_move` and `_book` are `transition` and `apply_fill` without the event, for callers
+    # that keep no events (the paper broker's working copies, the backtester): the same
+    # table, the same checks, the same state afterwards.
+
+    def _move(self, to: OrderStatus, reason: str | None = None) -> OrderStatus:
+        """Move to `to` if the table allows it, or raise; return the status before."""
+        before = self.status
+        if to not in TRANSITIONS[before]:
+            raise IllegalTransition(
+                f"order {self.client_order_id}: {before.value} → {to.value} is not allowed",
+                field="status")
+        self.status = to
+        if reason is not None:
+            self.reason = reason
+        return before
+
+    def _book(self, fill: Fill) -> OrderStatus:
+        """Add `fill` as `apply_fill` does, or raise; return the status before."""
         if fill.client_order_id != self.client_order_id or fill.side is not self.side \
                 or fill.symbol != self.symbol:
             raise Invalid("the fill belongs to another order", field="fill")
-        if fill.quantity > self.remaining:
-            raise Invalid(f"fill of {fill.quantity} exceeds the remaining {self.remaining}",
-                          field="quantity")
-        to = OrderStatus.FILLED if fill.quantity == self.remaining \
-            else OrderStatus.PARTIALLY_FILLED
-        event = self.transition(to, ts=fill.ts)
-        total = self.filled_quantity + fill.quantity
-        prior = (self.average_fill_price or ZERO) * self.filled_quantity
-        self.average_fill_price = (prior + fill.notional) / total
+        filled, qty = self.filled_quantity, fill.quantity
+        remaining = self.quantity - filled
+        if qty > remaining:
+            raise Invalid(f"fill of {qty} exceeds the remaining {remaining}", field="quantity")
+        before = self._move(_FILLED if qty == remaining else _PARTIALLY_FILLED)
+        total = filled + qty
+        prior = (self.average_fill_price or ZERO) * filled
+        self.average_fill_price = (prior + qty * fill.price) / total  # fill.notional
         self.filled_quantity = total
         self.fees += fill.fee
-        return event
+        return before
 
     def copy(self) -> Order:
         """Return a shallow copy (its own status and quantities; the values are immutable)."""
-        return Order(**vars(self))  # dataclasses.replace(self), without its slow field-by-field walk
+        twin = object.__new__(Order)  # no __init__: the fields are copied as they are
+        twin.__dict__.update(self.__dict__)
+        return twin
 
 
 def _qty(value: Any) -> Quantity:

@@ -16,7 +16,7 @@ Used by backtests and live bots alike. Every amount is an exact `Decimal`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -53,15 +53,34 @@ class Position:
         """Return whether the position holds nothing."""
         return self.quantity == 0
 
+    @classmethod
+    def _trusted(cls, symbol: str, quantity: Decimal, average_cost: Price,
+                 realized_pnl: Money) -> Position:
+        """Build a position from fields that are valid already, skipping `__post_init__`.
+
+        Only for `Portfolio.apply_fill`, whose fields come from `_traded` on a valid
+        position and a valid `Fill` (a non-zero quantity at a positive price), which keeps
+        them valid: Decimals, the average cost positive when open and zero when flat.
+        """
+        position = object.__new__(cls)
+        position.__dict__.update(symbol=symbol, quantity=quantity, average_cost=average_cost,
+                                 realized_pnl=realized_pnl)
+        return position
+
     def apply(self, signed_quantity: Decimal, fill_price: Price) -> Position:
         """Return the position after trading `signed_quantity` (+ buy, - sell) at `fill_price`."""
+        return Position(*self._traded(signed_quantity, fill_price))
+
+    def _traded(self, signed_quantity: Decimal,
+                fill_price: Price) -> tuple[str, Decimal, Price, Money]:
+        """Return the fields of the position after the trade (see `apply`), not validated."""
         if signed_quantity == 0:
             raise Invalid("quantity must not be zero", field="quantity")
         held = self.quantity
         new_quantity = held + signed_quantity
         if held == 0 or (held > 0) == (signed_quantity > 0):
             cost = abs(held) * self.average_cost + abs(signed_quantity) * fill_price
-            return Position(self.symbol, new_quantity, cost / abs(new_quantity), self.realized_pnl)
+            return self.symbol, new_quantity, cost / abs(new_quantity), self.realized_pnl
         closed = min(abs(held), abs(signed_quantity))
         direction = 1 if held > 0 else -1
         realized = self.realized_pnl + (fill_price - self.average_cost) * closed * direction
@@ -71,7 +90,7 @@ class Position:
             average = fill_price  # crossed zero: the remainder opens at the fill price
         else:
             average = self.average_cost
-        return Position(self.symbol, new_quantity, average, realized)
+        return self.symbol, new_quantity, average, realized
 
 
 @dataclass(frozen=True)
@@ -133,7 +152,8 @@ class Portfolio:
         if fill.fill_id in self._applied:
             raise Invalid(f"fill {fill.fill_id} was already applied", field="fill_id")
         signed = fill.quantity * fill.side.sign
-        position = self.position(fill.symbol).apply(signed, fill.price)
+        # A Fill holds a positive quantity and price, so the traded fields are valid.
+        position = Position._trusted(*self.position(fill.symbol)._traded(signed, fill.price))
         self._positions[fill.symbol] = position
         self._cash -= signed * fill.price + fill.fee
         self._fees += fill.fee
@@ -147,6 +167,14 @@ class Portfolio:
     def mark_bar(self, bar: Bar) -> None:
         """Record the bar's close as the price of its symbol."""
         self._marks[bar.symbol] = bar.close
+
+    def marker(self) -> Callable[[str, Price], None]:
+        """Return a function ``mark(symbol, price)`` recording marks as `mark_bar` does.
+
+        For a feed whose symbols and prices are valid already (the backtester's bars): a
+        mark then costs no Python call, which shows over a million bars.
+        """
+        return self._marks.__setitem__
 
     def last_price(self, symbol: str) -> Price | None:
         """Return the last marked price of `symbol`, or None if it was never marked."""
@@ -195,7 +223,7 @@ class Portfolio:
     @property
     def net_exposure(self) -> Money:
         """Return the signed market value of the positions."""
-        total = ZERO  # a plain loop: the backtester asks for the equity at every bar time
+        total = ZERO
         marks = self._marks
         for p in self._positions.values():
             total += p.quantity * marks.get(p.symbol, p.average_cost)
@@ -210,7 +238,11 @@ class Portfolio:
     @property
     def equity(self) -> Money:
         """Return cash plus the signed market value of the positions."""
-        return self._cash + self.net_exposure
+        total = ZERO  # `net_exposure` written out: the backtester asks for this at every bar time
+        marks = self._marks
+        for p in self._positions.values():
+            total += p.quantity * marks.get(p.symbol, p.average_cost)
+        return self._cash + total
 
     @property
     def net_pnl(self) -> Money:

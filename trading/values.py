@@ -18,10 +18,13 @@ Quantity = Decimal
 Money = Decimal
 
 ZERO = Decimal(0)
+_BASIS_POINTS = Decimal(10_000)
 
 
 def to_decimal(value: Any, *, field: str) -> Decimal:
     """Convert `value` to a finite Decimal or raise `Invalid` naming `field`."""
+    if type(value) is Decimal and value.is_finite():  # the common case, answered first
+        return value
     if isinstance(value, bool) or value is None:
         raise Invalid(f"{field} must be a number", field=field)
     try:
@@ -71,4 +74,4 @@ def round_to_step(value: Decimal, step: Decimal, *, down: bool = False) -> Decim
 
 def bps(value: Decimal, basis_points: Decimal) -> Decimal:
     """`basis_points` of `value` (1 bp = 0.01%)."""
-    return value * basis_points / Decimal(10_000)
+    return value * basis_points / _BASIS_POINTS

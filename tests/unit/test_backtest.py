@@ -155,3 +155,53 @@ def test_history_is_the_last_bars_of_the_symbol_oldest_first(n: int, last: list[
     assert logs[-2:] == last  # the engine keeps warmup + 1 bars per symbol
     if n:
         assert logs[:4] == ["100", "50", "100 101", "50 51"]
+
+
+@register
+class OrderKinds(Strategy):
+    """Place one order of each kind on the first bar; cancel the resting limit on the third."""
+
+    name = "test_backtest_order_kinds"
+    description = "places every kind of order (for the backtester's tests)"
+
+    def __init__(self, symbols: list[str], **params: object) -> None:
+        super().__init__(symbols, **params)
+        self.n = -1
+        self.placed: dict[str, str] = {}
+
+    def on_bar(self, ctx: StrategyContext, bar: Bar) -> None:
+        self.n += 1
+        symbol, one = bar.symbol, Decimal(1)
+        if self.n == 0:
+            self.placed = {
+                "rest": ctx.buy(symbol, one, type="limit", limit_price=Decimal(90)),
+                "stop": ctx.buy(symbol, one, type="stop", stop_price=Decimal("101.5")),
+                "stop_limit": ctx.sell(symbol, one, type="stop_limit", stop_price=Decimal(99),
+                                       limit_price=Decimal("98.5")),
+                "ioc": ctx.buy(symbol, one, type="limit", limit_price=Decimal(95), time_in_force="ioc"),
+                "day": ctx.sell(symbol, one, type="limit", limit_price=Decimal(150), time_in_force="day"),
+                "gtc": ctx.sell(symbol, one, type="limit", limit_price=Decimal(150)),
+            }
+        if self.n == 2:
+            ctx.cancel(self.placed["rest"])
+            ctx.cancel("bt-999")
+
+
+def test_every_order_kind_ends_in_its_state_with_its_reason() -> None:
+    day2 = Bar("AAPL", datetime(2024, 1, 2, tzinfo=UTC), *[Decimal(100)] * 4, Decimal(1000))
+    stream = [*bars("AAPL", ["100", "102", "98"]), day2]
+    result = run_backtest("test_backtest_order_kinds", {}, stream, capital=10_000)
+    states = {o.client_order_id: (o.status, o.reason, o.filled_quantity, o.triggered) for o in result.orders}
+    assert states == {
+        "bt-1": (OrderStatus.CANCELED, "canceled", 0, False),
+        "bt-2": (OrderStatus.FILLED, None, 1, False),  # the broker keeps the trigger to itself
+        "bt-3": (OrderStatus.FILLED, None, 1, False),
+        "bt-4": (OrderStatus.CANCELED, "ioc_unfilled", 0, False),
+        "bt-5": (OrderStatus.EXPIRED, "end_of_day", 0, False),
+        "bt-6": (OrderStatus.CANCELED, "end_of_backtest", 0, False),
+    }
+    # the stop-limit sell triggers at 98 (< 99) but its 98.5 limit is out of reach until day 2
+    assert [(f.client_order_id, f.price) for f in result.fills] == [("bt-2", Decimal(102)),
+                                                                    ("bt-3", Decimal(100))]
+    assert result.orders[1].average_fill_price == Decimal(102)
+    assert [message for _, message in result.logs] == ["cancel ignored: bt-999 is not an open order"]

@@ -328,3 +328,52 @@ def test_restore_defaults_to_created_at_and_keeps_a_stop_triggered() -> None:
     assert (fill.fill_id, fill.price) == ("o1:1", D(103))
     with pytest.raises(Invalid):
         broker.restore([accepted("x")], fills_so_far={"x": -1})
+
+
+def _every_kind(*, adopt: bool) -> tuple[list[Order], list[Fill | Expiry]]:
+    """Submit one order of each type and time in force; run bars through; return orders and events."""
+    broker = PaperBroker(INSTRUMENTS, fee_bps=D(3), slippage_bps=D(2), max_volume_share=D("0.1"))
+    orders = [accepted("m", quantity="150"),
+              accepted("l", side="sell", type="limit", limit_price="100.5", quantity="40"),
+              accepted("s", type="stop", stop_price="101", quantity="30"),
+              accepted("sl", type="stop_limit", stop_price="101", limit_price="100.2", quantity="20"),
+              accepted("ioc", quantity="250", time_in_force="ioc"),
+              accepted("day", type="limit", limit_price="90", time_in_force="day"),
+              accepted("left", type="limit", limit_price="50")]
+    for order in orders:
+        broker.submit(order, T0, adopt=adopt)
+    events: list[Fill | Expiry] = []
+    for i, px in enumerate(["100", "101.5", "100.1", "100.8"], start=1):
+        events += broker.on_bar(bar(i, px, str(D(px) + 1), str(D(px) - 1), px, v="1000"))
+    new_day = datetime(2024, 1, 3, 9, tzinfo=UTC)
+    events += broker.on_bar(bar(0, "95", "95", "95", "95", ts=new_day))
+    expiry = broker.cancel("left", T0 + 9 * MIN, reason="end_of_backtest")
+    assert expiry == Expiry("left", OrderStatus.CANCELED, "end_of_backtest", T0 + 9 * MIN)
+    return orders, [*events, expiry]
+
+
+def test_an_adopted_order_ends_as_the_callers_copy_does_after_applying_the_events() -> None:
+    copied, events = _every_kind(adopt=False)
+    adopted, adopted_events = _every_kind(adopt=True)
+    assert adopted_events == events  # the same fills and expiries
+    assert {e.client_order_id for e in events} == {o.client_order_id for o in copied}
+    for order in copied:
+        apply(order, events)
+    assert adopted == copied  # statuses, reasons, quantities, prices, fees; never `triggered`
+    assert [o.status for o in adopted] == [OrderStatus.FILLED, OrderStatus.FILLED, OrderStatus.FILLED,
+                                           OrderStatus.FILLED, OrderStatus.CANCELED, OrderStatus.EXPIRED,
+                                           OrderStatus.CANCELED]
+    assert adopted[-1].reason == "end_of_backtest" and not any(o.triggered for o in adopted)
+
+
+def test_the_broker_tracks_a_trigger_without_touching_an_adopted_order() -> None:
+    broker = PaperBroker(INSTRUMENTS)
+    order = accepted(type="stop_limit", stop_price="105", limit_price="104")
+    broker.submit(order, T0, adopt=True)
+    assert broker.on_bar(bar(1, "104.6", "106", "104.5", "105")) == []  # triggered; 104 not reached
+    working = broker.order("o1")
+    assert working is not None and working.triggered and working is not order
+    assert not order.triggered and order.status is OrderStatus.ACCEPTED
+    [fill] = broker.on_bar(bar(2, "104.5", "104.8", "103.5", "104"))
+    assert isinstance(fill, Fill)
+    assert order.status is OrderStatus.FILLED and order.average_fill_price == D(104)

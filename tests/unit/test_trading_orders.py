@@ -129,3 +129,29 @@ def test_bars_are_consistent() -> None:
     with pytest.raises(Invalid) as info:
         Bar("AAPL", datetime(2026, 1, 1), "10", "11", "9", "10", "1")
     assert info.value.field == "ts"
+
+
+def test_the_internal_fill_constructor_builds_what_the_validating_one_does() -> None:
+    args = ("c-1:1", "c-1", "BTC-USD", Side.BUY, Decimal("0.5"), Decimal("100.25"), Decimal("0.01"), NOW)
+    trusted, checked = Fill._trusted(*args), Fill(*args)
+    assert trusted == checked and repr(trusted) == repr(checked) and hash(trusted) == hash(checked)
+
+
+def test_a_copy_changes_apart_from_its_original() -> None:
+    o = order(quantity="2")
+    o.transition(OrderStatus.ACCEPTED)
+    twin = o.copy()
+    assert twin == o and twin is not o
+    twin.apply_fill(fill("1", "99"))
+    assert o.status is OrderStatus.ACCEPTED and o.filled_quantity == 0
+    assert twin.status is OrderStatus.PARTIALLY_FILLED and twin.filled_quantity == 1
+
+
+def test_enum_fields_accept_their_members_and_refuse_other_values() -> None:
+    o = order(side=Side.SELL, type=OrderType.MARKET, limit_price=None, time_in_force="ioc")
+    assert (o.side, o.type, o.time_in_force.value) == (Side.SELL, OrderType.MARKET, "ioc")
+    for kw, field in [({"side": "BUY"}, "side"), ({"side": 1}, "side"), ({"type": ["limit"]}, "type"),
+                      ({"time_in_force": None}, "time_in_force")]:
+        with pytest.raises(Invalid) as err:
+            order(**kw)
+        assert err.value.field == field

@@ -253,3 +253,28 @@ def test_equity_always_equals_starting_cash_plus_net_pnl() -> None:
             p.mark(symbol, D(f"{rng.randint(5000, 15000) / 100:.2f}"))
         assert abs(p.equity - D("100000") - p.net_pnl) < tolerance
         assert p.gross_exposure >= abs(p.net_exposure)
+
+
+def test_booked_positions_equal_validated_ones_and_equity_adds_up_as_net_exposure() -> None:
+    # apply_fill builds positions without re-validating them; they must equal (and print
+    # as) those Position.apply builds and checks, and equity must stay cash + net exposure.
+    rng = random.Random(11)
+    p = Portfolio(D("100000"))
+    expected: dict[str, Position] = {}
+    for i in range(300):
+        symbol = rng.choice(["AAPL", "MSFT"])
+        side = rng.choice([Side.BUY, Side.SELL])
+        qty, px = str(rng.randint(1, 30)), f"{rng.randint(5000, 15000) / 100:.2f}"
+        before = expected.get(symbol, Position(symbol))
+        expected[symbol] = before.apply(D(qty) * side.sign, D(px))
+        booked = p.apply_fill(fill(f"f{i}", side, qty, px, fee="0.10", symbol=symbol))
+        assert booked == expected[symbol] and repr(booked) == repr(expected[symbol])
+        p.mark(symbol, D(px))
+        equity = p.equity
+        assert equity == p.cash + p.net_exposure and str(equity) == str(p.cash + p.net_exposure)
+
+
+def test_apply_still_validates_the_position_it_returns() -> None:
+    with pytest.raises(Invalid) as err:
+        Position("AAPL").apply(D(1), D(-5))
+    assert err.value.field == "average_cost"
