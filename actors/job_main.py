@@ -46,7 +46,7 @@ from trading.research import (
     objective_value,
     thin_curve,
 )
-from trading.strategy import Strategy, get_strategy, register, strategies
+from trading.strategy import Predictions, Strategy, get_strategy, register, strategies
 
 CONFIG_FILE = "atp_job.json"
 PROGRESS_SECONDS = 2.0
@@ -80,6 +80,12 @@ class Reporter:
         """GET `path` as JSON; None when the resource does not exist (404)."""
         response = self._call("GET", path, params=dict(params), retry={429}, missing_ok=True)
         return None if response is None else response.json()
+
+    def get_bytes(self, path: str) -> tuple[bytes, dict[str, str]]:
+        """GET `path` as bytes, with the response's headers."""
+        response = self._call("GET", path, retry={429})
+        assert response is not None
+        return response.content, dict(response.headers)
 
     def _call(self, method: str, path: str, *, retry: set[int], missing_ok: bool = False,
               **kwargs: Any) -> httpx.Response | None:
@@ -173,10 +179,30 @@ def _counted(bars: list[Bar], on_progress: Callable[[int], None]) -> Iterator[Ba
 
 
 def backtest(config: Mapping[str, Any], params: Mapping[str, Any], bars: Iterable[Bar],
-             instruments: Mapping[str, Instrument]) -> BacktestResult:
+             instruments: Mapping[str, Instrument], predictions: Predictions | None = None
+             ) -> BacktestResult:
     return run_backtest(config["strategy"], params, bars, capital=config["capital"],
                         fee_bps=config["fee_bps"], slippage_bps=config["slippage_bps"],
-                        symbols=sorted(config["symbols"]), instruments=instruments)
+                        symbols=sorted(config["symbols"]), instruments=instruments,
+                        predictions=predictions)
+
+
+def model_scores(config: Mapping[str, Any], reporter: Reporter, bars: list[Bar]) -> Predictions | None:
+    """For a strategy that `uses_model`: the version the gateway fixed, fetched with the job's
+    token, its checksum verified, and every bar scored in-process (`models.signals`)."""
+    model = config.get("model")
+    if not get_strategy(config["strategy"]).uses_model:
+        return None
+    if not model:
+        raise Invalid(f"strategy {config['strategy']} needs a model of the platform", field="strategy")
+    from models.artifacts import load_artifact
+    from models.signals import score_bars
+
+    name, version = model["name"], int(model["version"])
+    blob, headers = reporter.get_bytes(f"/v1/models/{name}/versions/{version}/artifact")
+    loaded = load_artifact(blob, headers.get("x-artifact-sha256", ""))
+    _torch_threads(1)
+    return score_bars(loaded, bars)
 
 
 def evaluate(config: Mapping[str, Any], result: BacktestResult) -> dict[str, Any]:
@@ -194,10 +220,11 @@ def run_backtest_job(config: Mapping[str, Any], reporter: Reporter) -> None:
     get_strategy(config["strategy"])(sorted(config["symbols"]), **config["params"])  # Invalid early
     bars = load_bars(config, start, end, reporter)
     total = len(bars)
+    scores = model_scores(config, reporter, bars)
     reporter.send({"type": "progress", "fraction": 0.0, "bars": 0})
     result = backtest(config, config["params"], _counted(
         bars, lambda n: reporter.send({"type": "progress", "fraction": n / total, "bars": n})),
-        _instruments(config, reporter))
+        _instruments(config, reporter), scores)
     judged = evaluate(config, result)
     reporter.send({
         "type": "backtest", "bars": total, "params": {k: _plain(v) for k, v in result.params.items()},
@@ -226,7 +253,8 @@ def _tune_space(space: SearchSpace) -> dict[str, Any]:
     return out
 
 
-def _trial(params: dict[str, Any], *, bars: list[Bar], config: dict[str, Any]) -> None:
+def _trial(params: dict[str, Any], *, bars: list[Bar], config: dict[str, Any],
+           scores: Predictions | None = None) -> None:
     """One Tune trial: backtest the in-sample bars with `params` (over the fixed ones)."""
     from ray import tune
 
@@ -234,7 +262,7 @@ def _trial(params: dict[str, Any], *, bars: list[Bar], config: dict[str, Any]) -
     merged = {**config["fixed_params"], **params}
     try:
         instruments = {k: Instrument(**v) for k, v in config["instruments"].items()}
-        judged = evaluate(config, backtest(config, merged, bars, instruments))
+        judged = evaluate(config, backtest(config, merged, bars, instruments, scores))
     except Invalid as exc:
         tune.report({"objective": -math.inf, "status": "failed", "error": exc.message})
         return
@@ -260,6 +288,7 @@ def run_optimization_job(config: dict[str, Any], reporter: Reporter) -> None:
     out_of_sample = [b for b in bars if b.ts >= split]
     if not in_sample or not out_of_sample:
         raise Invalid("the data has no bars on one side of the in-sample split", field="in_sample")
+    scores = model_scores(config, reporter, bars)  # each bar's score uses bars up to it only
     ray.init(namespace=config["namespace"], log_to_driver=False)
     done = [0]
 
@@ -282,7 +311,8 @@ def run_optimization_job(config: dict[str, Any], reporter: Reporter) -> None:
                            "error": result.get("error")})
 
     resources = {"cpu": float(config["cpus_per_trial"]), "memory": int(config["memory_per_trial"])}
-    trainable = tune.with_resources(tune.with_parameters(_trial, bars=in_sample, config=config), resources)
+    trainable = tune.with_resources(tune.with_parameters(_trial, bars=in_sample, config=config,
+                                                                scores=scores), resources)
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     with tempfile.TemporaryDirectory(prefix="atp-tune-") as storage:
@@ -307,7 +337,7 @@ def run_optimization_job(config: dict[str, Any], reporter: Reporter) -> None:
                       f"ratio) of {len(results)}; first error: {first[:500]}", field="objective")
     best_value, best_config, best_metrics = max(ranked, key=lambda r: r[0])
     best = {**config["fixed_params"], **best_config}
-    oos = evaluate(config, backtest(config, best, out_of_sample, instruments))
+    oos = evaluate(config, backtest(config, best, out_of_sample, instruments, scores))
     reporter.send({"type": "optimization", "best_params": {k: _plain(v) for k, v in best.items()},
                    "in_sample": {"objective": best_value,
                                  "metrics": json.loads(best_metrics["metrics_json"])},

@@ -16,16 +16,24 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
+from trading.errors import Conflict, Invalid, NotFound
 from trading.instruments import Bar
 from trading.orders import Fill, Order, OrderStatus
-from trading.strategy import Strategy, get_strategy
+from trading.strategy import Predictions, Strategy, get_strategy
 
 log = logging.getLogger(__name__)
 
 SendOrder = Callable[[Order, Decimal | None], Awaitable[dict[str, Any]]]
 CancelOrder = Callable[[str], Awaitable[dict[str, Any]]]
+
+
+class LiveScores(Predictions, Protocol):
+    """A model's scores for a live bot (`actors.model_scores.EndpointScores`): the runner
+    awaits `observe` for each bar before the strategy's hook reads `score` for it."""
+
+    async def observe(self, bar: Bar) -> None: ...
 
 
 class BotContext:
@@ -157,8 +165,14 @@ class StrategyRunner:
 
     def __init__(self, bot_id: uuid.UUID, strategy: str, symbols: Sequence[str],
                  params: dict[str, Any], *, cash: Decimal, positions: dict[str, Decimal],
-                 send: SendOrder, cancel: CancelOrder | None = None) -> None:
+                 send: SendOrder, cancel: CancelOrder | None = None,
+                 scores: LiveScores | None = None) -> None:
         self.strategy: Strategy = get_strategy(strategy)(symbols, **params)
+        if self.strategy.uses_model:
+            if scores is None:
+                raise Invalid(f"strategy {strategy} needs its model's scores", field="strategy")
+            self.strategy.use_predictions(scores)
+        self._scores = scores if self.strategy.uses_model else None
         self.ctx = BotContext(bot_id, cash, positions, self.strategy.warmup + 1)
         self._send = send
         self._cancel = cancel
@@ -180,9 +194,24 @@ class StrategyRunner:
                 continue
             self.ctx.begin_bar(bar)
             self.bars_seen += 1
+            if self._scores is not None:
+                await self._score(self._scores, bar)
+                if self.error is not None:
+                    break
             self._guard(lambda bar=bar: self.strategy.on_bar(self.ctx, bar))  # type: ignore[misc]
             sent += await self._dispatch(bar.close)
         return sent
+
+    async def _score(self, scores: LiveScores, bar: Bar) -> None:
+        """Ask for the model's score at `bar`: a model gone or corrupt stops the bot; a failed
+        call costs this bar its score (logged)."""
+        try:
+            await scores.observe(bar)
+        except (NotFound, Conflict) as exc:
+            self.error = f"{exc.code}: {exc.message}"[:1000]
+            log.warning("model error: %s", self.error)
+        except Exception as exc:
+            self.ctx.log(f"no model score for {bar.symbol}: {type(exc).__name__}: {exc}"[:500])
 
     async def _dispatch(self, last: Decimal | None) -> int:
         """Send what the last hook asked for: cancels first, then new orders."""

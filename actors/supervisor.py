@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -38,7 +39,8 @@ from actors.tenant_runtime import (
 from tenancy.db import Database, short_lived
 from tenancy.models import Plan
 from tenancy.settings import Settings
-from trading.errors import Conflict, Forbidden
+from trading.errors import Conflict, Forbidden, Invalid, NotFound
+from trading.strategy import get_strategy
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +148,7 @@ async def start_bot(settings: Settings, db: Database, tenant_id: uuid.UUID, slug
     if bot.status in ("running", "starting"):
         raise Conflict(f"bot {bot.name!r} is already {bot.status}", code="bot_running",
                        field="status")
+    model = await bot_model(db, tenant_id, slug, bot.strategy, bot.params)
     admit(plan, await tenant_usage(slug, store), bot)
     bot = await store.set_status(bot.id, "starting")
     try:
@@ -155,7 +158,7 @@ async def start_bot(settings: Settings, db: Database, tenant_id: uuid.UUID, slug
             name=strategy_actor_name(bot.id), namespace=tenant_namespace(slug),
             lifetime="detached", get_if_exists=True, max_restarts=3, max_task_retries=-1,
             num_cpus=bot.num_cpus, memory=bot.memory_bytes, num_gpus=bot.num_gpus,
-        ).remote(settings, str(tenant_id), slug, _bot_payload(bot))
+        ).remote(settings, str(tenant_id), slug, _bot_payload(bot, model))
         await asyncio.gather(execution.open_orders.remote(), risk.state.remote(),
                              strategy.status.remote())
         await subscribe_execution(settings, slug, execution, list(bot.symbols))
@@ -258,10 +261,35 @@ def _feed(settings: Settings) -> Any:
         return None
 
 
-def _bot_payload(bot: Bot) -> dict[str, Any]:
+def _bot_payload(bot: Bot, model: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"id": str(bot.id), "name": bot.name, "strategy": bot.strategy,
             "symbols": list(bot.symbols), "params": dict(bot.params),
-            "capital": str(Decimal(bot.capital))}
+            "capital": str(Decimal(bot.capital)), "model": model}
+
+
+async def bot_model(db: Database, tenant_id: uuid.UUID, slug: str, strategy: str,
+                    params: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The model a strategy that `uses_model` trades on: its name and the version to use (the
+    production one for version 0), checked to be ready; None for other strategies.
+
+    A model the tenant does not have is bad input (422 on ``params.model``); a version that
+    is not ready or is marked bad is a conflict (409).
+    """
+    from models.registry import ModelRegistry
+
+    try:
+        uses_model = get_strategy(strategy).uses_model
+    except Invalid:
+        return None  # a package strategy: it reads no model
+    if not uses_model:
+        return None
+    name, asked = str(params["model"]), int(params["version"])
+    try:
+        version = await ModelRegistry(db, tenant_id, slug).resolve(name, asked or None)
+    except NotFound as exc:
+        field = "params.model" if exc.code == "model_not_found" else "params.version"
+        raise Invalid(exc.message, field=field) from None
+    return {"name": name, "version": version}
 
 
 async def reconcile(settings: Settings, db: Database) -> list[str]:

@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from actors.bots import bot_account
 from actors.execution import ExecutionEngine
 from actors.market import read_bars
+from actors.model_scores import EndpointScores, endpoint_handle
 from actors.queries import RiskSettings, open_bot_orders
 from actors.risk_gate import RiskGate
 from actors.store import TradingStore
@@ -294,6 +295,11 @@ class StrategyActor:
                 bot_id = uuid.UUID(self._bot["id"])
                 account = bot_account(bot_id)
                 history: list[Bar] = []
+                scores, keep = None, HISTORY_BARS
+                if self._bot.get("model"):  # a strategy trading on a model: its endpoint, its window
+                    name, version = self._bot["model"]["name"], int(self._bot["model"]["version"])
+                    scores = EndpointScores(endpoint_handle(self._tenant_id, name, version), name, version)
+                    keep = max(keep, await scores.prepare())
                 async with short_lived(self._settings.database_url, pool_size=1) as db:
                     portfolio = await TradingStore(db, self._tenant_id, self._slug
                                                    ).portfolio(account)
@@ -303,8 +309,7 @@ class StrategyActor:
                         for symbol in self._bot["symbols"]:
                             with contextlib.suppress(NotFound):  # no bars for it yet
                                 history += await read_bars(uow.conn, symbol,
-                                                           end=datetime.now(UTC),
-                                                           limit=HISTORY_BARS)
+                                                           end=datetime.now(UTC), limit=keep)
                     async with db.tenant(self._tenant_id, self._slug) as uow:
                         open_orders = {o["client_order_id"]: o["symbol"]
                                        for o in await open_bot_orders(uow.conn, bot_id)}
@@ -324,8 +329,11 @@ class StrategyActor:
                     bot_id, self._bot["strategy"], self._bot["symbols"], self._bot["params"],
                     cash=portfolio.cash,
                     positions={p.symbol: p.quantity for p in portfolio.positions()}, send=send,
-                    cancel=cancel)
-                runner.ctx.preload(sorted(history, key=lambda b: (b.ts, b.symbol)))
+                    cancel=cancel, scores=scores)
+                history.sort(key=lambda b: (b.ts, b.symbol))
+                runner.ctx.preload(history)
+                if scores is not None:
+                    scores.preload(history)
                 runner.ctx.restore_open(open_orders)
                 runner.start()
                 self._runner = runner
@@ -363,7 +371,7 @@ class StrategyActor:
 
     async def status(self) -> dict[str, Any]:
         runner = await self._ready()
-        return {"bars_seen": runner.bars_seen, "error": runner.error,
+        return {"bars_seen": runner.bars_seen, "error": runner.error, "model": self._bot.get("model"),
                 "open_orders": list(runner.ctx.open_orders()), "logs": list(runner.ctx.logs)[-20:]}
 
     def pid(self) -> int:

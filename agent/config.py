@@ -81,7 +81,11 @@ class BotConfig:
         Not done when a stored bot is read back, so that one whose strategy this process
         does not know can still be listed (and stopped).
         """
-        get_strategy(self.strategy)(self.symbols, **self.params)
+        cls = get_strategy(self.strategy)
+        if cls.uses_model:
+            raise Invalid(f"strategy {cls.name} trades on a model of the platform, which the agent cannot "
+                          "reach offline; run it as a bot of the platform", field="strategy")
+        cls(self.symbols, **self.params)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-friendly view."""

@@ -42,7 +42,8 @@ from models import registry
 from models.artifacts import load_artifact, save_artifact
 from models.features import FeatureSpec
 from models.networks import build_network
-from serve.models_app import MODELS_APP, MODELS_DEPLOYMENT, artifact_context, build_models_app, model_key
+from models.serving import MODELS_APP, MODELS_DEPLOYMENT, artifact_context, model_key
+from serve.models_app import build_models_app
 from tenancy.db import Database
 from tenancy.keys import load_cipher
 from tenancy.migrate import migrate_all
@@ -252,7 +253,7 @@ def main() -> None:
 def _plain_first(settings: Settings, key: str) -> tuple[bytes, str]:
     """The plain artifact of one stored model (for the baseline)."""
     from models.registry import ModelRegistry
-    from serve.models_app import parse_key
+    from models.serving import parse_key
 
     tenant_id, name, version = parse_key(key)
 

@@ -13,6 +13,7 @@ checksum when loaded is marked ``bad`` and is never served again.
 from __future__ import annotations
 
 import builtins
+import hashlib
 import json
 import uuid
 from collections.abc import Mapping
@@ -21,7 +22,9 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from models.serving import artifact_context
 from tenancy.db import TenantScoped
+from tenancy.keys import DecryptionError, load_cipher
 from trading.errors import Conflict, Invalid, NotFound
 from trading.strategy import NAME_RE
 
@@ -172,6 +175,23 @@ class ModelRegistry(TenantScoped):
         if row.status == "bad":
             raise Conflict(f"{name}@{version} is marked bad: {row.error}", code="model_corrupt")
         return bytes(row.artifact), str(row.artifact_sha256)
+
+    async def plain_artifact(self, master_key: bytes, name: str, version: int) -> tuple[bytes, str]:
+        """The artifact decrypted with the tenant's data key and checked against its SHA-256, and
+        that checksum. One that does not decrypt or match is marked bad: 409 ``model_corrupt``."""
+        encrypted, sha256 = await self.artifact(name, version)
+        async with self._db.platform() as uow:
+            cipher = await load_cipher(uow.conn, master_key, self._tenant_id)
+        try:
+            blob = cipher.decrypt(encrypted, artifact_context(name, version))
+        except DecryptionError:
+            reason = "the artifact does not decrypt"
+        else:
+            if hashlib.sha256(blob).hexdigest() == sha256:
+                return blob, sha256
+            reason = "its checksum does not match"
+        await self.mark_bad(name, version, reason)
+        raise Conflict(f"{name}@{version} is corrupt ({reason}); it is marked bad", code="model_corrupt")
 
     async def mark_bad(self, name: str, version: int, reason: str) -> None:
         async with self._uow() as uow:

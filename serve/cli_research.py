@@ -179,6 +179,9 @@ def backtest(
         _die(Invalid("--to must be after --from", field="to"))
     try:
         cls = get_strategy(strategy)
+        if cls.uses_model:
+            raise Invalid(f"--strategy {cls.name} trades on a model of the platform: backtest it there "
+                          "(POST /v1/backtests), not locally", field="strategy")
         params = _params(param)
         cls(sorted(symbol), **params)  # refuse bad parameters before loading any data
         if csv is not None:

@@ -14,43 +14,22 @@ one.
 
 from __future__ import annotations
 
-import uuid
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from ray import serve
 
 from models.registry import ModelRegistry
+from models.serving import MODELS_DEPLOYMENT, parse_key
 from tenancy.db import Database
-from tenancy.keys import DecryptionError, load_cipher
 from tenancy.settings import Settings
-from trading.errors import Invalid, NotFound
+from trading.errors import NotFound
 
 if TYPE_CHECKING:  # torch is imported by the model replicas only, never by the gateway
     from models.artifacts import LoadedModel
 
-MODELS_APP = "models"
-MODELS_DEPLOYMENT = "Models"
 MODELS_PER_REPLICA = 8
 MAX_BATCH = 64
-
-
-def model_key(tenant_id: uuid.UUID, name: str, version: int) -> str:
-    return f"{tenant_id}/{name}@{version}"
-
-
-def parse_key(key: str) -> tuple[uuid.UUID, str, int]:
-    tenant, _, rest = key.partition("/")
-    name, _, version = rest.rpartition("@")
-    try:
-        return uuid.UUID(tenant), name, int(version)
-    except ValueError:
-        raise Invalid(f"bad model key {key!r}", field="model") from None
-
-
-def artifact_context(name: str, version: int) -> str:
-    """The encryption context (associated data) of a model artifact."""
-    return f"model:{name}@{version}"
 
 
 class ModelServer:
@@ -76,18 +55,15 @@ class ModelServer:
 
             slug = (await uow.conn.execute(text("SELECT slug FROM platform.tenants WHERE id = :t"),
                                            {"t": tenant_id})).scalar_one_or_none()
-            if slug is None:
-                raise NotFound("no such tenant", code="model_not_found")
-            cipher = await load_cipher(uow.conn, self._settings.master_key_bytes, tenant_id)
+        if slug is None:
+            raise NotFound("no such tenant", code="model_not_found")
         registry = ModelRegistry(db, tenant_id, slug)
-        encrypted, sha256 = await registry.artifact(name, version)
+        blob, sha256 = await registry.plain_artifact(self._settings.master_key_bytes, name, version)
         try:
-            blob = cipher.decrypt(encrypted, artifact_context(name, version))
             return load_artifact(blob, sha256)
-        except (DecryptionError, ModelCorrupt) as exc:
-            reason = exc.message if isinstance(exc, ModelCorrupt) else "the artifact does not decrypt"
-            await registry.mark_bad(name, version, reason)
-            raise ModelCorrupt(f"{name}@{version} is corrupt ({reason}); it is marked bad") from None
+        except ModelCorrupt as exc:
+            await registry.mark_bad(name, version, exc.message)
+            raise ModelCorrupt(f"{name}@{version} is corrupt ({exc.message}); it is marked bad") from None
 
     async def predict(self, windows: list[list[list[float]]]) -> list[float]:
         """Predict for each window (lookback rows by features) of one request."""

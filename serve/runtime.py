@@ -74,8 +74,9 @@ class Runtime:
         """Start Serve's HTTP proxy, deploy the model endpoint and the gateway; return its URL."""
         from ray import serve
 
+        from models.serving import MODELS_APP
         from serve.app import GATEWAY_APP, build_app
-        from serve.models_app import MODELS_APP, build_models_app
+        from serve.models_app import build_models_app
 
         serve.start(http_options={"host": self.settings.http_host,
                                   "port": self.settings.http_port})

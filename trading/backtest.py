@@ -36,7 +36,7 @@ from trading.instruments import Bar, Instrument
 from trading.orders import Fill, Order, OrderStatus
 from trading.portfolio import Portfolio
 from trading.risk import RiskEngine, RiskLimits
-from trading.strategy import Strategy, get_strategy
+from trading.strategy import Predictions, Strategy, get_strategy
 from trading.values import Money, money, non_negative
 
 DEFAULT_LOT = Decimal("0.00000001")  # lot of a symbol without a known instrument
@@ -286,12 +286,14 @@ class _Engine:
 def run_backtest(strategy: str, params: Mapping[str, Any], bars: Iterable[Bar], *, capital: Any,
                  fee_bps: Any = 0, slippage_bps: Any = 0, risk_limits: RiskLimits | None = None,
                  symbols: Sequence[str] | None = None,
-                 instruments: Mapping[str, Instrument] | None = None) -> BacktestResult:
+                 instruments: Mapping[str, Instrument] | None = None,
+                 predictions: Predictions | None = None) -> BacktestResult:
     """Run the registered `strategy` with `params` over `bars`; return its `BacktestResult`.
 
     `bars` must be in (ts, symbol) order (see `merge_bars`). The strategy trades `symbols`
     (default: every symbol of `bars`, sorted); `instruments` defaults to `default_instrument`.
     `capital` is the starting cash; `fee_bps` and `slippage_bps` go to the `PaperBroker`.
+    A strategy that `uses_model` needs the model's `predictions` for these bars.
     Raise `Invalid` for a bad strategy, parameters or settings, or bars out of order.
     """
     cost = money(capital, field="capital")
@@ -306,6 +308,10 @@ def run_backtest(strategy: str, params: Mapping[str, Any], bars: Iterable[Bar], 
         if not symbols:
             raise Invalid("there are no bars to backtest", field="bars")
     live = cls(list(symbols), **dict(params))
+    if cls.uses_model:
+        if predictions is None:
+            raise Invalid(f"strategy {cls.name} needs its model's predictions", field="strategy")
+        live.use_predictions(predictions)
     known = dict(instruments or {})
     for symbol in symbols:
         known.setdefault(symbol, default_instrument(symbol))

@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from trading.errors import Invalid
 from trading.instruments import Bar
-from trading.strategy import Param, Strategy, StrategyContext, register
+from trading.strategy import NAME_RE, Param, Strategy, StrategyContext, register
 from trading.values import ZERO, to_decimal
 
 Series = Sequence[Any] | npt.NDArray[Any]
@@ -91,13 +91,20 @@ class SmaCross:
     running sums of the last `fast` and `slow` of them: integer sums are exact, and cheaper
     than Decimal ones in a wide context. The sign of ``fast_sum * slow - slow_sum * fast``
     is compared with the one at the previous close.
+
+    Prices recur, so the count of a close is remembered by its text (up to `MEMO` of them,
+    forgotten when the unit changes): ``str`` and a dict lookup cost about half of
+    `as_integer_ratio`, and hashing a new `Decimal` itself would cost more than both.
     """
+
+    MEMO = 4096
 
     def __init__(self, fast: int, slow: int) -> None:
         self.fast, self.slow = _window(fast, "fast", 1), _window(slow, "slow", 2)
         if self.fast >= self.slow:
             raise Invalid("fast must be below slow", field="fast")
         self._unit = 1  # closes are counted in 1/unit; unit is a power of ten
+        self._counts: dict[str, int] = {}  # str(close) -> close in 1/unit, for recent closes
         self._closes: deque[int] = deque(maxlen=self.slow)  # the last `slow` closes, in 1/unit
         self._fast_sum = 0
         self._slow_sum = 0
@@ -105,10 +112,10 @@ class SmaCross:
 
     def update(self, close: Decimal) -> int:
         """Add the next close; return +1 on a cross above, -1 on a cross below, else 0."""
-        numerator, denominator = close.as_integer_ratio()
-        if self._unit % denominator:
-            self._refine(denominator)
-        units = numerator * (self._unit // denominator)
+        text = str(close)
+        units = self._counts.get(text)
+        if units is None:
+            units = self._count(close, text)
         closes, fast, slow = self._closes, self.fast, self.slow
         if len(closes) == slow:  # both windows slide: their oldest closes leave
             self._fast_sum += units - closes[-fast]
@@ -132,12 +139,24 @@ class SmaCross:
             return -1
         return 0
 
+    def _count(self, close: Decimal, text: str) -> int:
+        """Return `close` in 1/unit, refining the unit first if it is too coarse; remember it."""
+        numerator, denominator = close.as_integer_ratio()
+        if self._unit % denominator:
+            self._refine(denominator)
+        units = numerator * (self._unit // denominator)
+        if len(self._counts) >= self.MEMO:
+            self._counts.clear()
+        self._counts[text] = units
+        return units
+
     def _refine(self, denominator: int) -> None:
         """Count in units fine enough that ``1 / denominator`` is a whole number of them."""
         factor = 10
         while self._unit * factor % denominator:
             factor *= 10
         self._unit *= factor
+        self._counts.clear()
         self._closes = deque((units * factor for units in self._closes), maxlen=self.slow)
         self._fast_sum *= factor
         self._slow_sum *= factor  # the previous diff only lends its sign: it can stay
@@ -286,7 +305,28 @@ _COMMON = {
 }
 
 
-class FixedQuantityStrategy(Strategy, Generic[IndicatorT]):
+class QuantityTrader(Strategy):
+    """Turns a +1 / -1 signal into market orders of a fixed `quantity` (see the module's doc)."""
+
+    def trade(self, ctx: StrategyContext, symbol: str, signal: int, why: str) -> str | None:
+        """Act on `signal` for `symbol`; return the client order id, or None when nothing was placed."""
+        if signal == 0 or ctx.open_orders(symbol):
+            return None
+        position: Decimal = ctx.position(symbol)
+        size: Decimal = self.p["quantity"]  # by key: `.quantity` is a failed lookup, then __getattr__
+        if signal > 0:
+            if position > 0:
+                return None
+            ctx.log(f"{self.name} {symbol}: {why}; buying {size - position}")
+            return ctx.buy(symbol, size - position)
+        target = -size if self.p["allow_short"] else ZERO
+        if position <= target:
+            return None
+        ctx.log(f"{self.name} {symbol}: {why}; selling {position - target}")
+        return ctx.sell(symbol, position - target)
+
+
+class FixedQuantityStrategy(QuantityTrader, Generic[IndicatorT]):
     """Shared logic of the built-ins: one indicator per symbol, fed bar by bar, and the orders.
 
     A subclass builds the indicator of a symbol (`indicator`), feeds it a bar (`signal`)
@@ -332,23 +372,6 @@ class FixedQuantityStrategy(Strategy, Generic[IndicatorT]):
         signal = self.signal(indicator, bar)
         if signal:
             self.trade(ctx, symbol, signal, self.why(indicator, signal))
-
-    def trade(self, ctx: StrategyContext, symbol: str, signal: int, why: str) -> str | None:
-        """Act on `signal` for `symbol`; return the client order id, or None when nothing was placed."""
-        if signal == 0 or ctx.open_orders(symbol):
-            return None
-        position: Decimal = ctx.position(symbol)
-        size: Decimal = self.p["quantity"]  # by key: `.quantity` is a failed lookup, then __getattr__
-        if signal > 0:
-            if position > 0:
-                return None
-            ctx.log(f"{self.name} {symbol}: {why}; buying {size - position}")
-            return ctx.buy(symbol, size - position)
-        target = -size if self.p["allow_short"] else ZERO
-        if position <= target:
-            return None
-        ctx.log(f"{self.name} {symbol}: {why}; selling {position - target}")
-        return ctx.sell(symbol, position - target)
 
 
 @register
@@ -444,3 +467,51 @@ class BreakoutStrategy(FixedQuantityStrategy[Channel]):
 
     def why(self, indicator: Channel, signal: int) -> str:
         return "close broke " + ("above the channel" if signal > 0 else "below the channel")
+
+
+@register
+class ModelSignal(QuantityTrader):
+    """Trade on a tenant model's scores (`Strategy.uses_model`).
+
+    At each bar the model's score for it decides: at or above `enter` be long, at or below
+    `exit` be out (or short, with `allow_short`), in between hold. For a ``direction``
+    model the score is the probability of a rise (the defaults suit it); for a ``return``
+    model it is the expected log return over the label's horizon, so the thresholds are
+    small numbers around zero. The scores come from the engine: computed in-process from
+    the backtest's bars, or asked of the model endpoint bar by bar in a live bot. A bar
+    with no score (too little history for the model) places nothing.
+    """
+
+    name = "model_signal"
+    description = ("Trade on the tenant's model: be long while its score is at or above `enter`, exit "
+                   "(or go short, if allowed) when it falls to `exit` or below.")
+    uses_model = True
+    params = {
+        "model": Param(str, "", description="the name of the tenant's model"),
+        "version": Param(int, 0, min=0, description="the model version; 0: the production version "
+                         "(fixed when the bot starts or the backtest is submitted)"),
+        "enter": Param(float, 0.55, description="be long when the score is at or above this"),
+        "exit": Param(float, 0.45, description="exit (or go short) when the score is at or below this"),
+        **_COMMON,
+    }
+
+    def validate(self) -> None:
+        if not NAME_RE.fullmatch(self.p.model):
+            raise Invalid("params.model must name a model (lower-case letters, digits and _, starting "
+                          "with a letter)", field="params.model")
+        if self.p.exit >= self.p.enter:
+            raise Invalid(f"params.exit ({self.p.exit}) must be below params.enter ({self.p.enter})",
+                          field="params.exit")
+
+    def on_bar(self, ctx: StrategyContext, bar: Bar) -> None:
+        if self.predictions is None:
+            raise RuntimeError("model_signal has no predictions: it runs in the platform's backtests and "
+                               "bots, which supply its model's scores")
+        if bar.symbol not in self.symbols:
+            return
+        score = self.predictions.score(bar.symbol, bar.ts)
+        if score is None:
+            return
+        signal = 1 if score >= self.p.enter else -1 if score <= self.p.exit else 0
+        if signal:
+            self.trade(ctx, bar.symbol, signal, f"model {self.p.model} scored {score:.4f}")

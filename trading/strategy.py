@@ -302,17 +302,37 @@ class StrategyContext(Protocol):
     def log(self, message: str) -> None: ...
 
 
+class Predictions(Protocol):
+    """A model's scores, as the engine running a strategy supplies them (see `Strategy.uses_model`).
+
+    `score` is the model's prediction for `symbol` made from the bars up to and including
+    the one at `ts` (the probability of a rise for a ``direction`` model, the expected log
+    return for a ``return`` one), or None when there is none (too few bars yet, or the
+    model could not be asked).
+    """
+
+    def score(self, symbol: str, ts: datetime) -> float | None: ...
+
+
 class Strategy:
     """Base of every strategy: parameter handling and no-op hooks.
 
     Subclasses set `name` (lower-case snake case), `description` and `params`, override
     the hooks they need and, for checks across parameters, `validate`. Instances keep
     their own state and must stay picklable (they travel to Ray actors).
+
+    A strategy with `uses_model` reads a tenant model's predictions: it declares the
+    parameters ``model`` (the model's name) and ``version`` (0: the production version),
+    and the engine running it calls `use_predictions` before the first bar (in a backtest,
+    scores computed in-process from the bars; in a live bot, scores from the model
+    endpoint).
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     params: ClassVar[Mapping[str, Param]] = MappingProxyType({})
+    uses_model: ClassVar[bool] = False
+    predictions: Predictions | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -342,6 +362,10 @@ class Strategy:
     def warmup(self) -> int:
         """Return how many bars of history per symbol this strategy reads (engines keep at least that)."""
         return 1
+
+    def use_predictions(self, predictions: Predictions) -> None:
+        """Take the model's scores (engines call this for a strategy that `uses_model`)."""
+        self.predictions = predictions
 
     def on_start(self, ctx: StrategyContext) -> None:
         """Run once before the first bar."""

@@ -9,6 +9,7 @@ from fastapi import APIRouter, status
 
 from actors.bots import BotSpec, BotStore
 from actors.package_bots import refresh_package_bot
+from actors.supervisor import bot_model
 from serve.deps import ServicesDep, TraderDep, ViewerDep, tenant_of
 from serve.schemas_trading import BotCreate, BotOut, BotPatch, StrategyOut
 from tenancy.auth import Principal
@@ -24,8 +25,11 @@ def _store(principal: Principal, services: ServicesDep) -> BotStore:
 
 @router.post("/bots", response_model=BotOut, status_code=status.HTTP_201_CREATED)
 async def create_bot(body: BotCreate, principal: TraderDep, services: ServicesDep) -> BotOut:
-    """Define a bot (stopped) and open its paper account with `capital` as cash."""
+    """Define a bot (stopped) and open its paper account with `capital` as cash. A bot trading on
+    a model (`model_signal`) must name a model of the tenant with a ready version."""
     spec = BotSpec.validate(body.model_dump(exclude_unset=True))
+    tenant = tenant_of(principal)
+    await bot_model(services.db, tenant.id, tenant.slug, spec.strategy, spec.params)
     return BotOut.of(await _store(principal, services).create(spec))
 
 

@@ -12,20 +12,21 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from actors.market import read_bars
+from actors.model_scores import call_endpoint, endpoint_handle
 from actors.research import FINISHED, ResearchStore
 from actors.training import parse_training
 from models import registry
 from models.features import FeatureSpec, compute_features
 from models.registry import ModelRegistry
 from serve.deps import ServicesDep, TraderDep, ViewerDep, tenant_of
-from serve.models_app import MODELS_APP, MODELS_DEPLOYMENT, model_key
 from serve.routes.research import _admission, _Job, _json_body, _refresh
 from tenancy.auth import Principal
-from trading.errors import AtpError, Invalid, Unavailable
+from tenancy.roles import Role, require_role
+from trading.errors import Invalid
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
@@ -97,6 +98,21 @@ async def get_version(name: str, version: int, principal: ViewerDep, services: S
     return await _refreshed(principal, services, await _registry(principal, services).version(name, version))
 
 
+@router.get("/models/{name}/versions/{version}/artifact", response_class=Response,
+            responses={200: {"content": {"application/octet-stream": {}}}})
+async def get_artifact(name: str, version: int, principal: ViewerDep, services: ServicesDep) -> Response:
+    """The version's artifact (weights and feature spec), decrypted and checked against its
+    SHA-256 (in ``X-Artifact-SHA256``): for the tenant's traders, and for its jobs (a backtest
+    of ``model_signal`` scores its bars in-process). A corrupt one is 409 ``model_corrupt``."""
+    if principal.kind != "job":
+        assert principal.role is not None
+        require_role(principal.role, Role.TRADER)
+    blob, sha256 = await _registry(principal, services).plain_artifact(
+        services.settings.master_key_bytes, name, version)
+    return Response(blob, media_type="application/octet-stream",
+                    headers={"X-Artifact-SHA256": sha256, "Cache-Control": "no-store"})
+
+
 class Promote(BaseModel):
     model_config = ConfigDict(extra="forbid")
     stage: str = Field(default="production", description="production, staging or none")
@@ -120,26 +136,6 @@ class Predict(BaseModel):
     version: int | None = Field(default=None, description="default: the production version")
 
 
-def _models_handle() -> Any:
-    from ray import serve
-
-    return serve.get_deployment_handle(MODELS_DEPLOYMENT, app_name=MODELS_APP)
-
-
-async def _call(handle: Any, method: str, *args: Any) -> Any:
-    """Call the model endpoint; its domain errors (model_corrupt, ...) come back as themselves."""
-    import ray
-
-    try:
-        return await getattr(handle, method).remote(*args)
-    except ray.exceptions.RayTaskError as exc:
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, AtpError):
-            raise cause from None
-        raise Unavailable(f"the model endpoint failed: {type(cause or exc).__name__}",
-                          code="model_endpoint_failed") from None
-
-
 @router.post("/models/{name}/predict")
 async def predict(name: str, body: Predict, principal: ViewerDep, services: ServicesDep) -> dict[str, Any]:
     """Predictions of the tenant's model (``direction``: the probability of a rise; ``return``:
@@ -149,13 +145,13 @@ async def predict(name: str, body: Predict, principal: ViewerDep, services: Serv
         raise Invalid("give either windows or symbol", field="windows")
     tenant = tenant_of(principal)
     version = await _registry(principal, services).resolve(name, body.version)
-    handle = _models_handle().options(multiplexed_model_id=model_key(tenant.id, name, version))
+    handle = endpoint_handle(tenant.id, name, version)
     if body.windows is not None:
         if not 1 <= len(body.windows) <= MAX_WINDOWS:
             raise Invalid(f"windows must hold 1 to {MAX_WINDOWS} windows", field="windows")
         windows = body.windows
     else:
-        shape = await _call(handle, "describe")
+        shape = await call_endpoint(handle, "describe")
         spec = FeatureSpec.from_json(shape["features"])
         need = spec.warmup + shape["lookback"]
         at = (body.at or datetime.now(UTC)).astimezone(UTC)
@@ -166,7 +162,7 @@ async def predict(name: str, body: Predict, principal: ViewerDep, services: Serv
                           f"needs {need}", field="symbol")
         features = compute_features(spec, bars)
         windows = [features[-shape["lookback"]:].tolist()]
-    predictions = await _call(handle, "predict", windows)
+    predictions = await call_endpoint(handle, "predict", windows)
     out: dict[str, Any] = {"model": name, "version": version, "predictions": predictions}
     if body.symbol is not None:
         out.update(symbol=body.symbol, at=bars[-1].ts.isoformat())

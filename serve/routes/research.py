@@ -16,7 +16,7 @@ import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -38,6 +38,7 @@ from actors.research import (
     parse_backtest,
     parse_optimization,
 )
+from actors.supervisor import bot_model
 from serve.deps import PrincipalDep, ServicesDep, TraderDep, ViewerDep, tenant_of
 from serve.errors import bounded_body
 from serve.schemas_research import BacktestBody, JobBody, OptimizationBody, body_schema
@@ -50,7 +51,7 @@ from trading.orders import Fill, Side
 from trading.packages import MAX_PACKAGE_BYTES, inspect_package
 from trading.report import render_report
 from trading.research import MAX_CURVE_POINTS, MAX_STORED_TRADES, metrics_from_json
-from trading.strategy import NAME_RE
+from trading.strategy import NAME_RE, get_strategy
 
 router = APIRouter(prefix="/v1", tags=["research"])
 
@@ -127,13 +128,30 @@ async def _launch(kind: str, body: Any, request: Request, principal: Principal,
     spec: RunSpec | OptimizationSpec = (parse_backtest(body, package) if kind == "backtest"
                                         else parse_optimization(body, package))
     run = spec if isinstance(spec, RunSpec) else spec.run
+    model = None if package is not None else await _model_of(principal, services, spec)
+    if model is not None:  # the version is fixed now: the run says which one it traded on
+        run = replace(run, params={**run.params, "version": model["version"]})
+        spec = run if isinstance(spec, RunSpec) else replace(spec, run=run)
     found = [] if package is None else package["strategies"]
-    job = _Job(kind, {**spec.config(), "package_strategies": found},
+    job = _Job(kind, {**spec.config(), "package_strategies": found, "model": model},
                {} if package is None else package["files"], run.num_cpus, run.memory_bytes,
                run.num_cpus if isinstance(spec, RunSpec) else spec.total_cpus,
                run.memory_bytes if isinstance(spec, RunSpec) else spec.total_memory)
     admit, submit = await _admission(request, principal, services, job)
     return await store.launch(kind, spec, package, principal.actor, admit, submit)
+
+
+async def _model_of(principal: Principal, services: ServicesDep, spec: RunSpec | OptimizationSpec
+                    ) -> dict[str, Any] | None:
+    """The model a run of a strategy that `uses_model` trades on (`actors.supervisor.bot_model`)."""
+    run = spec if isinstance(spec, RunSpec) else spec.run
+    if isinstance(spec, OptimizationSpec):
+        searched = sorted({"model", "version"} & set(spec.search_space))
+        if searched and get_strategy(run.strategy).uses_model:
+            raise Invalid(f"{searched[0]} cannot be searched: an optimization trades on one model version",
+                          field=f"search_space.{searched[0]}")
+    tenant = tenant_of(principal)
+    return await bot_model(services.db, tenant.id, tenant.slug, run.strategy, run.params)
 
 
 async def _refresh(store: ResearchStore, services: ServicesDep, job: dict[str, Any]) -> dict[str, Any]:
@@ -517,7 +535,7 @@ def _finite(value: Any) -> Any:
 async def _model_hook(principal: Principal, services: ServicesDep, event: Any) -> EventHook | None:
     """What a training job's result or failure writes into the model registry (same transaction)."""
     from models import registry
-    from serve.models_app import artifact_context
+    from models.serving import artifact_context
 
     tenant = tenant_of(principal)
     if isinstance(event, ModelDone):

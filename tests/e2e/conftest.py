@@ -46,8 +46,9 @@ def _wait_for_job_agent(timeout: float = 180) -> None:
 def gateway_url(ray_session: None, settings: Settings, db: Database) -> Iterator[str]:
     from ray import serve
 
+    from models.serving import MODELS_APP
     from serve.app import GATEWAY_APP, build_app
-    from serve.models_app import MODELS_APP, build_models_app
+    from serve.models_app import build_models_app
 
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port},

@@ -374,7 +374,7 @@ def test_the_builtins_register_whichever_module_is_imported_first(first: str) ->
             "print(','.join(strategies()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2])
-    assert out.stdout.strip() == "breakout,rsi_mean_reversion,sma_crossover"
+    assert out.stdout.strip() == "breakout,model_signal,rsi_mean_reversion,sma_crossover"
 
 
 def test_describe_is_json_friendly() -> None:
@@ -449,6 +449,19 @@ def test_the_incremental_sma_cross_gives_the_signals_of_sma_crossover_signals(se
         assert got.count(1) and got.count(-1)
     with pytest.raises(Invalid):
         SmaCross(5, 5)
+
+
+def test_the_sma_cross_remembers_a_bounded_number_of_closes_by_their_text() -> None:
+    rng = random.Random(3)
+    walk = random_walk(400, 3)
+    spelled = [Decimal(f"{c:.4f}") if rng.random() < 0.2 else c for c in walk]  # 100.5000 and 100.50
+    spelled += [Decimal("1E+2"), Decimal("100"), Decimal("100.125"), Decimal("100.12")]  # a finer unit
+    small = SmaCross(3, 7)
+    small.MEMO = 5  # forgets all the time
+    usual = SmaCross(3, 7)
+    assert [small.update(c) for c in spelled] == [usual.update(c) for c in spelled] \
+        == sma_crossover_signals(spelled, 3, 7)
+    assert len(small._counts) <= 5 and len(usual._counts) <= SmaCross.MEMO
 
 
 def test_sma_crossover_buys_then_sells_at_the_crosses() -> None:
