@@ -10,9 +10,10 @@ is checked anywhere. Steps:
 3. `LoadedModel.predict` on the device in batches of 1, 64 and 4,096 windows: windows/s;
 4. the same model behind a one-replica Ray Serve deployment asking for one GPU
    (``num_gpus=1``; CPU when there is none), called through a handle: requests/s with 32
-   in flight.
+   in flight. Skipped, with a printed line saying why, under ``--no-serve`` or when
+   ``ray`` cannot be imported (a GPU machine that has torch but not Ray).
 
-    .venv/bin/python benchmarks/gpu_check.py [--bars 200000] [--epochs 3]
+    .venv/bin/python benchmarks/gpu_check.py [--bars 200000] [--epochs 3] [--no-serve]
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bars", type=int, default=200_000)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--no-serve", action="store_true", help="skip step 4 (Ray Serve)")
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
     device = torch.cuda.get_device_name(0) if cuda else "none (CPU run)"
@@ -84,6 +86,15 @@ def main() -> None:
             f"{rate:>12,.0f} windows/s"
         )
 
+    if args.no_serve:
+        print("serve: skipped (--no-serve)")
+        return
+    try:
+        import ray  # noqa: F401
+        from ray import serve  # noqa: F401
+    except ImportError as error:
+        print(f"serve: skipped, Ray Serve cannot be imported here ({error})")
+        return
     serve_check(artifact.blob, artifact.sha256, features[:1].tolist(), cuda)
 
 
@@ -123,7 +134,7 @@ def serve_check(blob: bytes, sha256: str, window: list[Any], cuda: bool) -> None
 
         handle.predict.remote(window).result()  # warm
         print(
-            f"serve ({'GPU' if cuda else 'CPU'} replica), 32 in flight for 5 s: "
+            f"serve (ray {ray.__version__}, {'GPU' if cuda else 'CPU'} replica), 32 in flight for 5 s: "
             f"{asyncio.run(load()):,.0f} req/s"
         )
     finally:
