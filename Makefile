@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo up test test-fast lint bench clean
+.PHONY: install demo up test test-fast lint bench k8s-config clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -46,6 +46,12 @@ bench: install
 	cd benchmarks && ../$(BIN)/python agent_sync.py
 	cd benchmarks && ../$(BIN)/python backtest.py
 	cd benchmarks && ../$(BIN)/python model_serving.py
+
+## k8s-config: copy ray-cluster.yaml into k8s/base and regenerate the RayServices' Serve
+## configs with `serve build` (tests/k8s/test_manifests.py fails when they are stale)
+k8s-config: install
+	cp ray-cluster.yaml k8s/base/ray-cluster.yaml
+	$(BIN)/python -m serve.serve_config
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
