@@ -288,7 +288,7 @@ def test_only_the_gateway_takes_ingress_and_jobs_reach_no_database(overlay: str)
                     outside.setdefault(ns, []).append((name, spec["podSelector"], rule.get("ports")))
     ((name, selector, ports),) = outside["ingress-nginx"]
     assert selector["matchLabels"]["ray.io/serve"] == "true" and ports == [{"protocol": "TCP", "port": 8000}]
-    assert set(outside) == {"ingress-nginx", "kuberay-system", "monitoring"}
+    assert set(outside) == {"ingress-nginx", "ray-system", "monitoring"}
     jobs = policies["atp-jobs-egress"]
     assert jobs["podSelector"]["matchLabels"]["atp.dev/pool"] == "jobs" and jobs["policyTypes"] == ["Egress"]
     for rule in jobs["egress"]:
