@@ -21,6 +21,8 @@ from serve.deps import Services
 from serve.errors import install_error_handlers
 from serve.limits import Limiter
 from serve.loginguard import LoginGuard
+from serve.metrics import MetricsMiddleware
+from serve.metrics_store import MetricsFlusher
 from serve.routes import (
     admin,
     agents,
@@ -31,6 +33,7 @@ from serve.routes import (
     health,
     keys,
     market,
+    metrics,
     models,
     research,
     risk,
@@ -87,6 +90,7 @@ async def _flush_forever(services: Services) -> None:
 
 def create_api(settings: Settings) -> FastAPI:
     """Build the gateway's ASGI app for one replica."""
+    gateway_metrics = metrics.GatewayMetrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -94,16 +98,20 @@ def create_api(settings: Settings) -> FastAPI:
         services = make_services(settings)
         app.state.services = services
         flusher = asyncio.create_task(_flush_forever(services))
+        metrics_flusher = MetricsFlusher(services.redis, gateway_metrics.recorder)
+        metrics_task = asyncio.create_task(metrics_flusher.run(settings.metrics_flush_seconds))
         services.auth_cache.start()
         try:
             yield
         finally:
             await services.auth_cache.stop()
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+            for task in (flusher, metrics_task):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             with contextlib.suppress(Exception):
                 await services.flusher.flush()
+            await metrics_flusher.close()
             await services.redis.aclose()
             await services.db.dispose()
 
@@ -116,8 +124,11 @@ def create_api(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.state.metrics = gateway_metrics
+    app.add_middleware(MetricsMiddleware, recorder=gateway_metrics.recorder)
     for router in (health.router, auth.router, keys.router, audit.router, admin.router,
                    market.router, bots.router, trading.router, risk.router, runtime.router,
-                   stream.router, billing.router, agents.router, research.router, models.router):
-        app.include_router(router)
+                   stream.router, billing.router, agents.router, research.router, models.router,
+                   metrics.router):
+        app.include_router(router)  # no prefix here: a route's own path is its metrics label
     return app

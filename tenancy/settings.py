@@ -92,6 +92,12 @@ class Settings(BaseSettings):
                                   "there); default: the URL the job was submitted through")
     job_max_seconds: int = Field(default=6 * 3600, ge=60, le=7 * 86_400,
                                  description="a job's token expires this long after submission")
+    metrics_token: SecretStr | None = Field(
+        default=None, description="the bearer token Prometheus sends to GET /metrics; unset: "
+                                  "/metrics answers 404")
+    metrics_flush_seconds: float = Field(default=1.0, ge=0.1, le=60,
+                                         description="how often a replica adds its request "
+                                                     "metrics to Redis")
 
     @field_validator("database_url")
     @classmethod
@@ -114,6 +120,11 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _empty_secret_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     def secret(self, name: str) -> str:
         """Return the plain value of a secret setting (never log it)."""
@@ -196,6 +207,18 @@ def _dev_secrets(data_dir: Path) -> dict[str, str]:
     return stored
 
 
+def _check_optional_secret(settings: Settings, name: str) -> None:
+    """An optional secret, when set, is held to the same rule as the required ones."""
+    value = getattr(settings, name)
+    if value is None or not _is_placeholder(value.get_secret_value()):
+        return
+    if settings.dev_mode:
+        log.warning("%s is a placeholder; acceptable in dev mode only", _env_name(name))
+        return
+    raise SettingsError(f"{_env_name(name)} looks like a placeholder; use at least "
+                        f"{_MIN_SECRET_LENGTH} random characters", field=_env_name(name))
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Build the settings from the environment plus `overrides`, and settle the secrets.
 
@@ -227,4 +250,5 @@ def load_settings(**overrides: Any) -> Settings:
                     f"{_MIN_SECRET_LENGTH} random characters", field=_env_name(name))
     settings = settings.model_copy(update=updates) if updates else settings
     _decode_master_key(settings.secret("master_key"))
+    _check_optional_secret(settings, "metrics_token")
     return settings
