@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -27,12 +27,13 @@ from typing import Any
 from actors.store import TradingStore
 from trading.broker import Expiry, PaperBroker
 from trading.errors import NotFound
-from trading.instruments import Bar
+from trading.instruments import Bar, Instrument
 from trading.orders import Fill, Order, OrderStatus
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[[dict[str, Any]], Awaitable[None]]
+Instruments = Callable[[], Awaitable[Mapping[str, Instrument]]]  # the instruments trading knows now
 
 
 async def _no_publish(_event: dict[str, Any]) -> None:
@@ -58,16 +59,19 @@ class ExecutionEngine:
     """One tenant's order flow into the paper broker (see the module docstring)."""
 
     def __init__(self, store: TradingStore, broker: PaperBroker, *,
-                 publish: Publish | None = None) -> None:
+                 publish: Publish | None = None, instruments: Instruments | None = None) -> None:
         self._store = store
         self._broker = broker
+        self._instruments = instruments
         self._publish = publish or _no_publish
         self._working: dict[str, tuple[Order, str]] = {}  # open orders: (order, account)
         self._last_bar: dict[str, datetime] = {}  # the latest bar time seen per symbol
         self._lock = asyncio.Lock()  # one mutation of broker and store state at a time
 
     async def start(self) -> None:
-        """Rebuild the broker's book from the store."""
+        """Learn the instruments, then rebuild the broker's book from the store."""
+        if self._instruments is not None:
+            self._broker.add_instruments(await self._instruments())
         async with self._lock:
             restore: list[Order] = []
             counts: dict[str, int] = {}
@@ -83,7 +87,16 @@ class ExecutionEngine:
 
     async def submit(self, order: Order, *, account: str, source: str,
                      bot_id: uuid.UUID | None = None) -> dict[str, Any]:
-        """Write, accept and route an order; a known client order id returns its state."""
+        """Write, accept and route an order; a known client order id returns its state.
+
+        An order for an instrument the broker does not know (after asking for the current
+        list once) is stored as rejected (``unknown_symbol``), never as accepted and stuck.
+        """
+        if not self._broker.knows(order.symbol) and self._instruments is not None:
+            self._broker.add_instruments(await self._instruments())
+        if not self._broker.knows(order.symbol):
+            return await self.reject(order, account=account, source=source, reason="unknown_symbol",
+                                     bot_id=bot_id)
         async with self._lock:
             stored = await self._store.submit(order, account=account, source=source,
                                               bot_id=bot_id, accept=True)

@@ -80,6 +80,25 @@ async def upsert_instruments(db: Database, instruments: Iterable[Instrument]) ->
     return len(rows)
 
 
+async def instrument_map(db: Database) -> dict[str, Instrument]:
+    """The instruments trading knows: the built-in defaults and every row of `market.instruments`."""
+    from trading.data import DEFAULT_INSTRUMENTS
+
+    async with db.platform() as uow:
+        stored = await list_instruments(uow.conn)
+    return {**DEFAULT_INSTRUMENTS, **{i.symbol: i for i in stored}}
+
+
+async def known_instruments(db: Database, symbols: Iterable[str], *, field: str) -> dict[str, Instrument]:
+    """The instruments of `symbols`; an unknown one is 422 ``unknown_symbol`` naming `field`."""
+    known = await instrument_map(db)
+    unknown = sorted(set(symbols) - set(known))
+    if unknown:
+        raise Invalid(f"unknown symbol(s): {', '.join(unknown[:10])} (see GET /v1/market/instruments)",
+                      field=field, code="unknown_symbol")
+    return {s: known[s] for s in symbols}
+
+
 async def list_instruments(conn: AsyncConnection) -> list[Instrument]:
     """Every instrument, by symbol."""
     rows = await conn.execute(text(

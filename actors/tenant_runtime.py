@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 
 from actors.bots import bot_account
 from actors.execution import ExecutionEngine
-from actors.market import read_bars
+from actors.market import instrument_map, read_bars
 from actors.model_scores import EndpointScores, endpoint_handle
 from actors.queries import RiskSettings, open_bot_orders
 from actors.risk_gate import RiskGate
@@ -83,7 +83,8 @@ class ExecutionActor:
                 broker = PaperBroker(DEFAULT_INSTRUMENTS, fee_bps=FEE_BPS,
                                      slippage_bps=SLIPPAGE_BPS)
                 engine = ExecutionEngine(TradingStore(db, self._tenant_id, self._slug), broker,
-                                         publish=self._publish)
+                                         publish=self._publish,
+                                         instruments=lambda: instrument_map(db))
                 await engine.start()
                 self._forwarder = asyncio.create_task(self._forward_forever())
                 self._engine = engine

@@ -142,6 +142,14 @@ class PaperBroker:
             self.max_volume_share = share
         self._working: dict[str, _Working] = {}
 
+    def knows(self, symbol: str) -> bool:
+        """Whether orders for `symbol` can be submitted (its instrument is known)."""
+        return symbol in self._instruments
+
+    def add_instruments(self, instruments: Mapping[str, Instrument]) -> None:
+        """Learn more instruments (or their new tick and lot sizes, for orders from now on)."""
+        self._instruments.update(instruments)
+
     # -- the port ---------------------------------------------------------------------------
 
     def submit(self, order: Order, ts: datetime, *, adopt: bool = False) -> None:

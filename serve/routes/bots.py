@@ -8,6 +8,7 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from actors.bots import BotSpec, BotStore
+from actors.market import known_instruments
 from actors.package_bots import refresh_package_bot
 from actors.supervisor import bot_model
 from serve.deps import ServicesDep, TraderDep, ViewerDep, tenant_of
@@ -29,6 +30,7 @@ async def create_bot(body: BotCreate, principal: TraderDep, services: ServicesDe
     a model (`model_signal`) must name a model of the tenant with a ready version."""
     spec = BotSpec.validate(body.model_dump(exclude_unset=True))
     tenant = tenant_of(principal)
+    await known_instruments(services.db, spec.symbols, field="symbols")
     await bot_model(services.db, tenant.id, tenant.slug, spec.strategy, spec.params)
     return BotOut.of(await _store(principal, services).create(spec))
 
@@ -55,6 +57,8 @@ async def patch_bot(bot_id: str, body: BotPatch, principal: TraderDep, services:
     """Change a stopped bot (409 `bot_running` otherwise); `version` guards concurrent edits."""
     changes = body.model_dump(exclude_unset=True)
     version = changes.pop("version", None)
+    if changes.get("symbols"):
+        await known_instruments(services.db, changes["symbols"], field="symbols")
     return BotOut.of(await _store(principal, services).update(bot_id, changes,
                                                               expected_version=version))
 

@@ -17,14 +17,14 @@ from actors import package_bots, supervisor
 from actors.bots import BotStore
 from actors.calls import call
 from actors.execution import order_view
+from actors.market import known_instruments
 from actors.store import TradingStore
 from actors.tenant_runtime import execution_actor, risk_actor
 from serve.deps import AdminDep, ServicesDep, TraderDep, tenant_of
 from serve.schemas import Request
 from serve.schemas_trading import BotOut
 from tenancy.plans import get_plan
-from trading.data import DEFAULT_INSTRUMENTS
-from trading.errors import Conflict, Invalid
+from trading.errors import Conflict
 from trading.orders import Order
 
 router = APIRouter(prefix="/v1", tags=["runtime"])
@@ -97,9 +97,7 @@ async def place_order(body: OrderCreate, principal: TraderDep, services: Service
                       symbol=body.symbol, side=body.side, type=body.type, quantity=body.quantity,
                       limit_price=body.limit_price, stop_price=body.stop_price,
                       time_in_force=body.time_in_force)
-    instrument = DEFAULT_INSTRUMENTS.get(order.symbol)
-    if instrument is None:
-        raise Invalid(f"unknown symbol {order.symbol!r}", field="symbol")
+    instrument = (await known_instruments(services.db, [order.symbol], field="symbol"))[order.symbol]
     instrument.check_order(order.quantity, order.limit_price or order.stop_price)
     await TradingStore(services.db, tenant.id, tenant.slug).open_account(MANUAL_ACCOUNT,
                                                                          MANUAL_CASH)

@@ -63,7 +63,7 @@ async def test_create_list_get_patch_delete(http: httpx.AsyncClient, db: Databas
 
     # Defaults for params and resources.
     r = await http.post("/v1/bots", json={"name": "beta", "strategy": "breakout",
-                                          "symbols": ["ETH-USD", "SOL-USD"], "capital": 500},
+                                          "symbols": ["ETH-USD", "AAPL"], "capital": 500},
                         headers=trader)
     assert r.status_code == 201, r.text
     assert r.json()["resources"] == {"num_cpus": 0.25, "memory_mb": 256, "num_gpus": 0.0}
@@ -112,6 +112,7 @@ async def test_every_bad_input_is_422_naming_the_field_and_writes_nothing(
         (_bot(symbols=["BTC-USD", "BTC-USD"]), "symbols"),
         (_bot(symbols=[f"S{i}" for i in range(51)]), "symbols"),
         (_bot(symbols="BTC-USD"), "symbols"),
+        (_bot(symbols=["BTC-USD", "NOPE-USD"]), "symbols"),  # not an instrument of the platform
         (_bot(capital=0), "capital"),
         (_bot(capital="-5"), "capital"),
         (_bot(capital="NaN"), "capital"),

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
+import ray
 from sqlalchemy import text
 
+from actors.feed import get_or_create_feed
 from actors.market import upsert_instruments, write_bars
+from actors.research import FINISHED
 from tenancy.db import Database
+from tenancy.settings import Settings
 from tests.conftest import TenantFactory
 from tests.e2e.test_gateway import assert_error, bearer
 from trading.backtest import default_instrument
@@ -126,3 +131,86 @@ async def test_a_corrupt_artifact_is_refused_and_marked_bad(http: httpx.AsyncCli
     assert found["status"] == "bad" and "checksum" in found["error"]
     r = await http.post("/v1/models/fragile/versions/1/promote", json={}, headers=key)
     assert_error(r, 409, "model_not_ready")
+
+
+async def test_a_bot_and_a_backtest_trade_on_the_model(http: httpx.AsyncClient, db: Database,
+                                                      settings: Settings, make_tenant: TenantFactory) -> None:
+    """The "done when" of tenant models: a bot trades on the model's predictions, live, and a
+    backtest of the same strategy scores its bars in-process."""
+    created = await make_tenant(plan="unmetered")
+    key, tenant = bearer(created.api_key), created.tenant
+    await upsert_instruments(db, [default_instrument(SYMBOL)])
+    bot = {"name": "on-model", "strategy": "model_signal", "symbols": [SYMBOL], "capital": "100000",
+           "params": {"model": "trend", "enter": 0.0001, "exit": 0.00005},  # buys at its first score
+           "resources": {"num_cpus": 0.1, "memory_mb": 256}}
+    r = await http.post("/v1/bots", json=bot, headers=key)
+    assert_error(r, 422, "invalid", field="params.model")  # no such model yet
+
+    r = await http.post("/v1/models", json=TRAIN, headers=key)
+    assert r.status_code == 202, r.text
+    assert (await _ready(http, key, "trend", 1))["status"] == "ready"
+    r = await http.post("/v1/bots", json=bot, headers=key)
+    assert_error(r, 422, "invalid", field="params.version")  # trained, not promoted: no production version
+    r = await http.post("/v1/models/trend/versions/1/promote", json={"stage": "production"}, headers=key)
+    assert r.status_code == 200, r.text
+
+    # The artifact: for traders and the tenant's jobs; another tenant has no such model.
+    r = await http.get("/v1/models/trend/versions/1/artifact", headers=key)
+    assert r.status_code == 200 and r.content.startswith(b"PK"), r.text[:200]
+    assert hashlib.sha256(r.content).hexdigest() == r.headers["x-artifact-sha256"]
+    other = bearer((await make_tenant(plan="unmetered")).api_key)
+    r = await http.get("/v1/models/trend/versions/1/artifact", headers=other)
+    assert_error(r, 404, "model_not_found")
+
+    # A backtest of model_signal: version 0 is fixed to the production version at submission,
+    # the job fetches the artifact with its token and scores every bar in-process.
+    r = await http.post("/v1/backtests", headers=key, json={
+        "strategy": "model_signal", "symbols": [SYMBOL],
+        "params": {"model": "trend", "enter": 0.5, "exit": 0.5 - 1e-6},
+        "from": "2024-01-06T00:00:00Z", "to": "2024-01-08T00:00:00Z",
+        "data": {"source": "synthetic", "seed": 12, "interval": "5m"}, "capital": "100000",
+        "resources": {"num_cpus": 0.25, "memory_mb": 1024}})
+    assert r.status_code == 202, r.text
+    done = await _finished(http, key, f"/v1/backtests/{r.json()['id']}")
+    assert done["status"] == "succeeded", done
+    assert done["params"]["version"] == 1 and done["trade_count"] > 0, done
+
+    # A live bot: the store holds recent bars (its model's window is preloaded from them),
+    # the feed brings new ones, the strategy actor asks the endpoint at each and buys.
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    history = list(SyntheticSource(seed=13, interval=timedelta(minutes=1)).bars(
+        [SYMBOL], now - timedelta(minutes=120), now - timedelta(minutes=1)))
+    await write_bars(db, history)
+    feed = get_or_create_feed(settings)  # before the start: a starting bot subscribes to it
+    created_bot = (await http.post("/v1/bots", json=bot, headers=key)).json()
+    r = await http.post(f"/v1/bots/{created_bot['id']}/start", headers=key)
+    assert r.status_code == 200 and r.json()["status"] == "running", r.text
+    live = list(SyntheticSource(seed=14, interval=timedelta(minutes=1)).bars(
+        [SYMBOL], now, now + timedelta(minutes=30)))
+
+    async def bought() -> bool:
+        orders = (await http.get("/v1/orders", params={"bot_id": created_bot["id"]}, headers=key)).json()
+        return any(o["side"] == "buy" and o["status"] == "filled" for o in orders)
+
+    for bar in live:  # a bar at a time until the buy decided on one has filled at a later one
+        await feed.publish.remote([bar])
+        if await bought():
+            break
+        await asyncio.sleep(0.5)
+    actor = ray.get_actor(f"strategy-{created_bot['id']}", namespace=f"tenant-{tenant.slug}")
+    status = await actor.status.remote()
+    assert await bought(), status
+    assert status["model"] == {"name": "trend", "version": 1} and status["error"] is None
+    assert any("model trend scored" in line for line in status["logs"]), status["logs"]
+    stopped = await http.post(f"/v1/bots/{created_bot['id']}/stop", headers=key)
+    assert stopped.json()["status"] == "stopped"
+
+
+async def _finished(http: httpx.AsyncClient, key: dict[str, str], path: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 300
+    while True:
+        found: dict[str, Any] = (await http.get(path, headers=key)).json()
+        if found["status"] in FINISHED:
+            return found
+        assert time.monotonic() < deadline, found
+        await asyncio.sleep(1)
