@@ -112,10 +112,10 @@ async def test_rate_limits_and_agent_connections_through_serve(
         assert welcome["type"] == "welcome", welcome
         parsed: dict[str, Any] = {}
 
-        async def connected() -> bool:
+        async def connected() -> bool:  # a scrape may answer from gauges read before the tenant existed
             parsed.update(await _scrape(http, metrics_prefix))
-            return sample_value(parsed["atp_agent_connections"], "atp_agent_connections",
-                                tenant=slug) == 1
+            return any(s.labels == {"tenant": slug} and s.value == 1
+                       for s in parsed["atp_agent_connections"].samples)
 
         await wait_for(connected, timeout=20, interval=0.5)
         age = sample_value(parsed["atp_agent_last_seen_seconds"], "atp_agent_last_seen_seconds",

@@ -55,7 +55,8 @@ def test_each_bar_is_scored_from_the_window_ending_at_it(model: LoadedModel) -> 
     assert len(scores) == len(bars) - first
     assert scores.score("AAA", bars[first - 1].ts) is None and scores.score("BBB", bars[-1].ts) is None
     for end in (first, first + 1, 77, len(bars) - 1):
-        assert scores.score("AAA", bars[end].ts) == pytest.approx(model.predict_latest(bars[:end + 1]), abs=1e-6)
+        expected = model.predict_latest(bars[:end + 1])
+        assert scores.score("AAA", bars[end].ts) == pytest.approx(expected, abs=1e-6)
         window = latest_window(SPEC, LOOKBACK, bars[:end + 1])
         assert window is not None and window.shape == (LOOKBACK, SPEC.n_features)
     assert latest_window(SPEC, LOOKBACK, bars[:first]) is None
