@@ -165,6 +165,33 @@ async def _demo_bots(settings: Settings, key: str, url: str, seconds: int) -> No
         out.print(f"  curl -s -H 'Authorization: Bearer {key}' {url}/v1/positions\n",
                   soft_wrap=True)
         await _demo_usage(db, key, url)
+    await _demo_model(key, url)
+
+
+async def _demo_model(key: str, url: str) -> None:
+    """Train the demo tenant's model through the API (a Ray job), unless a version exists."""
+    import httpx
+
+    from serve.demo import DEMO_MODEL, demo_model_request, demo_model_steps
+
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as http:
+        found = await http.get(f"/v1/models/{DEMO_MODEL}/versions")
+        versions = found.json() if found.status_code == 200 else []
+        usable = [v for v in versions if v["status"] in ("training", "ready")]
+        if usable:
+            version, what = usable[-1]["version"], f"is {usable[-1]['status']}"
+        else:
+            r = await http.post("/v1/models", json=demo_model_request())
+            if r.status_code != 202:
+                out.print(f"[dim](the demo model was not submitted: {r.status_code} {r.text[:300]})[/dim]")
+                return
+            version, what = r.json()["version"], "is training now (a Ray job, about a minute)"
+    out.print(f"The demo tenant's model {DEMO_MODEL} (version {version}) {what} (docs/models.md). "
+              "Promote it, ask it, and run a bot that trades on it:")
+    for step in demo_model_steps(url, key, int(version)):
+        out.print("  " + step, soft_wrap=True)
+    out.print("")
 
 
 async def _demo_usage(db: Database, key: str, url: str) -> None:

@@ -64,6 +64,38 @@ DEMO_BOTS: tuple[dict[str, Any], ...] = (
      "resources": {"num_cpus": 0.1, "memory_mb": 256}},
 )
 FEED_SPEED = 60.0  # one-minute bars, one per second
+DEMO_MODEL = "demo_trend"
+
+
+def demo_model_request(now: datetime | None = None) -> dict[str, Any]:
+    """A small model of the next 5 one-minute bars of BTC-USD (the demo feed's symbol and
+    interval), trained on a week of synthetic bars: about a minute on two cores."""
+    end = (now or datetime.now(UTC)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return {"name": DEMO_MODEL, "architecture": "mlp", "symbol": "BTC-USD",
+            "from": (end - timedelta(days=7)).isoformat(), "to": end.isoformat(),
+            "data": {"source": "synthetic", "seed": 7, "interval": "1m"},
+            "features": {"features": ["log_return", "volatility", "rsi", "macd", "volume_z"]},
+            "label": {"kind": "direction", "horizon": 5}, "lookback": 16,
+            "hyper": {"hidden": [32, 16], "dropout": 0.1},
+            "training": {"epochs": 8, "patience": 2, "batch_size": 256},
+            "resources": {"num_cpus": 0.5, "memory_mb": 1536}}
+
+
+def demo_model_steps(url: str, key: str, version: int) -> list[str]:
+    """The commands that take the demo model from training to a bot trading on it."""
+    auth = f"-H 'Authorization: Bearer {key}'"
+    json_ = "-H 'content-type: application/json'"
+    bot = ('{"name": "demo-model-btc", "strategy": "model_signal", "symbols": ["BTC-USD"], '
+           f'"params": {{"model": "{DEMO_MODEL}", "quantity": "0.05"}}, "capital": "100000"}}')
+    return [
+        f"curl -s {auth} {url}/v1/models/{DEMO_MODEL}/versions/{version}   # until status is ready",
+        f"curl -s {auth} {json_} {url}/v1/models/{DEMO_MODEL}/versions/{version}/promote "
+        + """-d '{"stage": "production"}'""",
+        f"curl -s {auth} {json_} {url}/v1/models/{DEMO_MODEL}/predict " + """-d '{"symbol": "BTC-USD"}'""",
+        f"curl -s {auth} {json_} {url}/v1/bots -d '{bot}'",
+        f"curl -s -X POST {auth} {url}/v1/bots/BOT_ID/start   # BOT_ID: the id the last call returned",
+        f"curl -s {auth} '{url}/v1/orders?bot_id=BOT_ID'",
+    ]
 
 
 async def start_demo_bots(settings: Any, db: Database, slug: str) -> list[Any]:

@@ -214,3 +214,21 @@ async def _finished(http: httpx.AsyncClient, key: dict[str, str], path: str) -> 
             return found
         assert time.monotonic() < deadline, found
         await asyncio.sleep(1)
+
+
+async def test_the_demo_trains_its_model_and_says_how_to_trade_on_it(
+        http: httpx.AsyncClient, gateway_url: str, make_tenant: TenantFactory,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from serve.cli import _demo_model
+
+    created = await make_tenant(plan="professional")
+    await _demo_model(created.api_key, gateway_url)
+    printed = capsys.readouterr().out
+    assert "model demo_trend (version 1) is training now" in printed, printed
+    key = bearer(created.api_key)
+    done = await _ready(http, key, "demo_trend", 1)
+    assert done["status"] == "ready", done.get("error")
+    assert done["backtest"]["bars"] > 0
+    await _demo_model(created.api_key, gateway_url)  # a second run trains nothing more
+    assert "(version 1) is ready" in capsys.readouterr().out
+    assert len((await http.get("/v1/models/demo_trend/versions", headers=key)).json()) == 1

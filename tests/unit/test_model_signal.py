@@ -163,3 +163,21 @@ async def test_a_failed_call_costs_the_bar_a_model_gone_stops_the_bot() -> None:
         await runner.on_bars(bars(3))
         assert runner.error is not None and runner.error.startswith(code)
         assert runner.bars_seen == 2  # it stopped at the bar that failed
+
+
+def test_the_demo_model_request_and_bot_are_valid() -> None:
+    import json
+    import re
+
+    from actors.bots import BotSpec
+    from actors.training import parse_training
+    from serve.demo import DEMO_MODEL, demo_model_request, demo_model_steps
+
+    spec = parse_training(demo_model_request(datetime(2026, 11, 27, 15, tzinfo=UTC)))
+    assert spec.name == DEMO_MODEL and spec.run.symbols == ("BTC-USD",)
+    assert spec.run.data["interval_seconds"] == 60  # the demo feed's bars
+    steps = demo_model_steps("http://h:1", "atp_k", 3)
+    assert f"/v1/models/{DEMO_MODEL}/versions/3/promote" in steps[1]
+    (body,) = re.findall(r"/v1/bots -d '(.*)'", "\n".join(steps))
+    bot = BotSpec.validate(json.loads(body))
+    assert bot.strategy == "model_signal" and bot.params["model"] == DEMO_MODEL
