@@ -491,7 +491,7 @@ def get_or_create_feed(settings: Settings, *, name: str = FEED_NAME,
     opts = feed_options(**options)  # refuse bad options here, not in a dying actor
     actor = ray.remote(MarketFeed).options(
         name=name, namespace=namespace, lifetime="detached", get_if_exists=True,
-        num_cpus=0, max_restarts=-1, max_concurrency=1000)
+        num_cpus=0, max_restarts=-1, max_concurrency=1000, resources=settings.system_resources or None)
     return actor.remote(settings, seed=opts.seed, symbols=list(opts.symbols),
                         interval=opts.interval.total_seconds(), speed=opts.speed,
                         batch_size=opts.batch_size, autostart=autostart)

@@ -522,6 +522,7 @@ def run_bot_job(config: dict[str, Any], reporter: Reporter) -> None:
     actor = PackageStrategyActor.options(  # type: ignore[attr-defined]
         name=f"strategy-{bot['id']}", namespace=config["namespace"], num_cpus=bot["num_cpus"],
         memory=bot["memory_bytes"], num_gpus=bot["num_gpus"], max_concurrency=100,
+        resources=bot.get("resources") or None,
     ).remote(config, os.environ["ATP_API_URL"], os.environ["ATP_JOB_TOKEN"])
     try:
         ray.get(actor.start.remote())

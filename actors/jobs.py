@@ -5,7 +5,9 @@ Ray's auth token) with:
 
 * ``entrypoint`` ``<this interpreter> -m actors.job_main`` and a working directory holding
   the request (``atp_job.json``) and, for an uploaded package, its modules;
-* ``entrypoint_num_cpus`` / ``entrypoint_memory`` from the validated request;
+* ``entrypoint_num_cpus`` / ``entrypoint_memory`` from the validated request, and
+  ``entrypoint_resources`` from `actors.placement.job_entrypoint` (a dedicated group's
+  resource, or the jobs group's ``atp_job_cpus`` instead of CPU);
 * metadata ``atp_tenant_id`` (the metering collector meters the driver by it), ``atp_job_id``
   and the whole reservation ``atp_cpus`` / ``atp_memory`` (driver plus Tune trials);
 * env ``ATP_API_URL`` and ``ATP_JOB_TOKEN``: a job token of the tenant's viewer role that
@@ -136,14 +138,16 @@ class RayJobs:
 
     async def submit(self, *, job_id: uuid.UUID, tenant_id: uuid.UUID, config: Mapping[str, Any],
                      files: Mapping[str, bytes], driver_cpus: float, driver_memory: int,
-                     total_cpus: float, total_memory: int, api_url: str, token: str) -> str:
+                     total_cpus: float, total_memory: int, api_url: str, token: str,
+                     driver_resources: Mapping[str, float] | None = None) -> str:
         """Submit the job (see the module docstring); return its submission id."""
         return await asyncio.to_thread(self._submit, job_id, tenant_id, config, files, driver_cpus,
-                                       driver_memory, total_cpus, total_memory, api_url, token)
+                                       driver_memory, total_cpus, total_memory, api_url, token,
+                                       dict(driver_resources or {}))
 
     def _submit(self, job_id: uuid.UUID, tenant_id: uuid.UUID, config: Mapping[str, Any],
                 files: Mapping[str, bytes], driver_cpus: float, driver_memory: int, total_cpus: float,
-                total_memory: int, api_url: str, token: str) -> str:
+                total_memory: int, api_url: str, token: str, driver_resources: dict[str, float]) -> str:
         sid = submission_id(job_id)
         workdir = Path(tempfile.mkdtemp(prefix="atp-job-"))
         try:
@@ -157,6 +161,7 @@ class RayJobs:
                 runtime_env={"working_dir": str(workdir),
                              "env_vars": {"ATP_API_URL": api_url, "ATP_JOB_TOKEN": token}},
                 entrypoint_num_cpus=driver_cpus, entrypoint_memory=driver_memory,
+                entrypoint_resources=driver_resources or None,
                 metadata={"atp_tenant_id": str(tenant_id), "atp_job_id": str(job_id),
                           "atp_cpus": str(total_cpus), "atp_memory": str(total_memory)}))
         finally:

@@ -32,6 +32,7 @@ import ray
 
 from actors.bots import Bot, BotStore
 from actors.jobs import RayJobs, admit_job
+from actors.placement import job_entrypoint, tenant_resources
 from actors.research import FINISHED, ResearchStore
 from actors.store import TradingStore
 from actors.strategy_runner import StrategyRunner
@@ -95,20 +96,25 @@ async def start_package_bot(settings: Settings, db: Database, tenant_id: uuid.UU
 
         open_orders = {o["client_order_id"]: o["symbol"] for o in await open_bot_orders(uow.conn, bot.id)}
 
+    resources = tenant_resources(plan.worker_group)
+
     async def submit(job_id: uuid.UUID) -> str:
         config = {"job_id": str(job_id), "kind": "bot", "namespace": namespace,
                   "package_strategies": found, "strategy": bot.strategy,
                   "bot": {"id": str(bot.id), "symbols": list(bot.symbols), "params": dict(bot.params),
                           "num_cpus": bot.num_cpus, "memory_bytes": bot.memory_bytes,
-                          "num_gpus": bot.num_gpus, "cash": str(portfolio.cash),
+                          "num_gpus": bot.num_gpus, "resources": resources or None,
+                          "cash": str(portfolio.cash),
                           "positions": {p.symbol: str(p.quantity) for p in portfolio.positions()},
                           "open_orders": open_orders}}
+        driver_cpus, driver_resources = job_entrypoint(settings, plan.worker_group, DRIVER_CPUS)
         return await jobs.submit(job_id=job_id, tenant_id=tenant_id, config=config, files=package["files"],
-                                 driver_cpus=DRIVER_CPUS, driver_memory=DRIVER_MEMORY, total_cpus=cpus,
-                                 total_memory=memory, api_url=api_url, token=token_for(job_id))
+                                 driver_cpus=driver_cpus, driver_memory=DRIVER_MEMORY, total_cpus=cpus,
+                                 total_memory=memory, api_url=api_url, token=token_for(job_id),
+                                 driver_resources=driver_resources)
 
-    execution = execution_actor(settings, tenant_id, slug)
-    risk = risk_actor(settings, tenant_id, slug)
+    execution = execution_actor(settings, tenant_id, slug, resources)
+    risk = risk_actor(settings, tenant_id, slug, resources)
     await asyncio.gather(execution.open_orders.remote(), risk.state.remote())
     await subscribe_execution(settings, slug, execution, list(bot.symbols))
     bot = await store.set_status(bot.id, "starting")

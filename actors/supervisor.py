@@ -10,6 +10,12 @@ the tenant past its plan's bots, CPU or memory, naming the limit, its value and 
 current use. Actors are created with the bot's validated ``num_cpus`` and ``memory``, so
 Ray's scheduler places them honestly; these are reservations, not hard limits (the
 metering collector watches what they really use).
+
+A tenant whose plan names a ``worker_group`` gets actors that ask for that group's custom
+resource (``actors/placement.py``). Ray leaves an actor no node can host pending forever,
+so a start waits at most ``actor_start_seconds`` for its actors to answer and then fails
+with 503 ``placement_unavailable`` (the bot is marked ``error`` and its pending actors are
+removed) instead of hanging.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any
 import ray
 
 from actors.bots import Bot, BotStore
+from actors.placement import placement_error, tenant_resources
 from actors.tenant_runtime import (
     EXECUTION,
     RISK,
@@ -151,16 +158,18 @@ async def start_bot(settings: Settings, db: Database, tenant_id: uuid.UUID, slug
     model = await bot_model(db, tenant_id, slug, bot.strategy, bot.params)
     admit(plan, await tenant_usage(slug, store), bot)
     bot = await store.set_status(bot.id, "starting")
+    resources = tenant_resources(plan.worker_group)
     try:
-        execution = execution_actor(settings, tenant_id, slug)
-        risk = risk_actor(settings, tenant_id, slug)
+        execution = execution_actor(settings, tenant_id, slug, resources)
+        risk = risk_actor(settings, tenant_id, slug, resources)
         strategy = StrategyActor.options(  # type: ignore[attr-defined]
             name=strategy_actor_name(bot.id), namespace=tenant_namespace(slug),
             lifetime="detached", get_if_exists=True, max_restarts=3, max_task_retries=-1,
             num_cpus=bot.num_cpus, memory=bot.memory_bytes, num_gpus=bot.num_gpus,
-        ).remote(settings, str(tenant_id), slug, _bot_payload(bot, model))
-        await asyncio.gather(execution.open_orders.remote(), risk.state.remote(),
-                             strategy.status.remote())
+            resources=resources or None,
+        ).remote(settings, str(tenant_id), slug, _bot_payload(bot, model, resources))
+        await _placed(settings, resources, f"the actors of bot {bot.name!r}",
+                      execution.open_orders.remote(), risk.state.remote(), strategy.status.remote())
         await subscribe_execution(settings, slug, execution, list(bot.symbols))
         feed = _feed(settings)
         if feed is not None:
@@ -169,8 +178,20 @@ async def start_bot(settings: Settings, db: Database, tenant_id: uuid.UUID, slug
     except Exception as exc:
         await store.set_status(bot.id, "error", f"start failed: {type(exc).__name__}: {exc}")
         await _kill(slug, strategy_actor_name(bot.id))
+        if not any(b.status in ("running", "starting") for b in await store.list() if b.id != bot.id):
+            await _kill(slug, RISK)  # perhaps still pending: never leave them waiting for a node
+            await _kill(slug, EXECUTION)
         raise
     return await store.set_status(bot.id, "running")
+
+
+async def _placed(settings: Settings, resources: dict[str, float], what: str, *calls: Any) -> None:
+    """Await the first calls of newly created actors, at most ``actor_start_seconds``."""
+    try:
+        await asyncio.wait_for(asyncio.gather(*calls), settings.actor_start_seconds)
+    except TimeoutError:
+        offered = await asyncio.to_thread(ray.cluster_resources)
+        raise placement_error(what, resources, offered, settings.actor_start_seconds) from None
 
 
 async def stop_bot(settings: Settings, db: Database, tenant_id: uuid.UUID, slug: str,
@@ -261,10 +282,11 @@ def _feed(settings: Settings) -> Any:
         return None
 
 
-def _bot_payload(bot: Bot, model: dict[str, Any] | None = None) -> dict[str, Any]:
+def _bot_payload(bot: Bot, model: dict[str, Any] | None = None,
+                 resources: dict[str, float] | None = None) -> dict[str, Any]:
     return {"id": str(bot.id), "name": bot.name, "strategy": bot.strategy,
             "symbols": list(bot.symbols), "params": dict(bot.params),
-            "capital": str(Decimal(bot.capital)), "model": model}
+            "capital": str(Decimal(bot.capital)), "model": model, "resources": resources or None}
 
 
 async def bot_model(db: Database, tenant_id: uuid.UUID, slug: str, strategy: str,

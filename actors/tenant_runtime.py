@@ -3,6 +3,8 @@
 Each actor is detached (it outlives the caller), restarts after a crash
 (``max_restarts``) and retries the calls that were in flight (``max_task_retries``);
 every call is idempotent, and state is rebuilt from the tenant schema on restart.
+A tenant of a dedicated worker group passes `resources` (``actors/placement.py``); the
+actors hand them on to the actors they create themselves.
 """
 
 from __future__ import annotations
@@ -166,12 +168,13 @@ def strategy_name(account: str) -> str | None:
     return f"strategy-{account[4:]}" if account.startswith("bot:") else None
 
 
-def execution_actor(settings: Settings, tenant_id: uuid.UUID, slug: str) -> Any:
-    """Get or create the tenant's execution actor."""
+def execution_actor(settings: Settings, tenant_id: uuid.UUID, slug: str,
+                    resources: dict[str, float] | None = None) -> Any:
+    """Get or create the tenant's execution actor (`resources`: custom ones to ask for)."""
     return ExecutionActor.options(  # type: ignore[attr-defined]
         name=EXECUTION, namespace=tenant_namespace(slug), lifetime="detached",
         get_if_exists=True, max_restarts=-1, max_task_retries=-1, num_cpus=SYSTEM_CPUS,
-        memory=SYSTEM_MEMORY, max_concurrency=100,
+        memory=SYSTEM_MEMORY, max_concurrency=100, resources=resources or None,
     ).remote(settings, str(tenant_id), slug)
 
 
@@ -203,10 +206,12 @@ class _ExecutionHandle:
 class RiskActor:
     """The tenant's risk gate (one per tenant while any bot runs)."""
 
-    def __init__(self, settings: Settings, tenant_id: str, slug: str) -> None:
+    def __init__(self, settings: Settings, tenant_id: str, slug: str,
+                 resources: dict[str, float] | None = None) -> None:
         self._settings = settings
         self._tenant_id = uuid.UUID(tenant_id)
         self._slug = slug
+        self._resources = resources
         self._gate: RiskGate | None = None
         self._redis: Redis | None = None
         self._init_lock: asyncio.Lock | None = None
@@ -220,7 +225,8 @@ class RiskActor:
                 db = Database.from_url(self._settings.database_url or "", pool_size=2)
                 self._redis = Redis.from_url(self._settings.redis_url or "",
                                              socket_timeout=self._settings.redis_timeout_seconds)
-                execution = execution_actor(self._settings, self._tenant_id, self._slug)
+                execution = execution_actor(self._settings, self._tenant_id, self._slug,
+                                            self._resources)
                 gate = RiskGate(db, self._tenant_id, self._slug, _ExecutionHandle(execution),
                                 publish=lambda e: _publish(self._redis, self._tenant_id, e),
                                 stop_bots=self._stop_bots)
@@ -264,13 +270,14 @@ class RiskActor:
         return os.getpid()
 
 
-def risk_actor(settings: Settings, tenant_id: uuid.UUID, slug: str) -> Any:
-    """Get or create the tenant's risk actor."""
+def risk_actor(settings: Settings, tenant_id: uuid.UUID, slug: str,
+               resources: dict[str, float] | None = None) -> Any:
+    """Get or create the tenant's risk actor (`resources`: custom ones to ask for)."""
     return RiskActor.options(  # type: ignore[attr-defined]
         name=RISK, namespace=tenant_namespace(slug), lifetime="detached", get_if_exists=True,
         max_restarts=-1, max_task_retries=-1, num_cpus=SYSTEM_CPUS, memory=SYSTEM_MEMORY,
-        max_concurrency=100,
-    ).remote(settings, str(tenant_id), slug)
+        max_concurrency=100, resources=resources or None,
+    ).remote(settings, str(tenant_id), slug, resources)
 
 
 @ray.remote
@@ -314,8 +321,9 @@ class StrategyActor:
                     async with db.tenant(self._tenant_id, self._slug) as uow:
                         open_orders = {o["client_order_id"]: o["symbol"]
                                        for o in await open_bot_orders(uow.conn, bot_id)}
-                risk = risk_actor(self._settings, self._tenant_id, self._slug)
-                execution = execution_actor(self._settings, self._tenant_id, self._slug)
+                resources = self._bot.get("resources")
+                risk = risk_actor(self._settings, self._tenant_id, self._slug, resources)
+                execution = execution_actor(self._settings, self._tenant_id, self._slug, resources)
 
                 async def send(order: Order, last: Decimal | None) -> dict[str, Any]:
                     reply: dict[str, Any] = await risk.submit.remote(

@@ -460,5 +460,6 @@ def get_or_create_collector(settings: Settings, *, interval: float = 15.0,
     interval, quota_samples = collector_options(interval=interval, quota_samples=quota_samples)
     actor = ray.remote(MeteringCollector).options(
         name=COLLECTOR_NAME, namespace=COLLECTOR_NAMESPACE, lifetime="detached",
-        get_if_exists=True, num_cpus=0, max_restarts=-1, max_concurrency=16)
+        get_if_exists=True, num_cpus=0, max_restarts=-1, max_concurrency=16,
+        resources=settings.system_resources or None)
     return actor.remote(settings, interval, quota_samples, autostart)

@@ -32,7 +32,7 @@ LAST_USED_RESOLUTION_SECONDS = 60.0
 AUTH_CHANNEL = "atp_auth"
 
 _TENANT_FIELDS = ("t.id AS tenant_id, t.slug, t.name AS tenant_name, t.plan, t.status,"
-                  " p.rate_per_second, p.burst, p.api_calls_per_month")
+                  " p.rate_per_second, p.burst, p.api_calls_per_month, p.worker_group")
 
 
 @dataclass(frozen=True)
@@ -47,11 +47,12 @@ class TenantContext:
     rate_per_second: Decimal | None
     burst: int | None
     api_calls_per_month: int | None
+    worker_group: str | None = None  # the plan's dedicated Ray worker group (actors/placement.py)
 
     @classmethod
     def from_row(cls, row: Any) -> TenantContext:
         return cls(row.tenant_id, row.slug, row.tenant_name, row.plan, row.status,
-                   row.rate_per_second, row.burst, row.api_calls_per_month)
+                   row.rate_per_second, row.burst, row.api_calls_per_month, row.worker_group)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ class Plan:
     cpu_hour_overage_cents: Decimal = Decimal(0)
     storage_gb_month_overage_cents: Decimal = Decimal(0)
     quota_policy: str = "warn"  # what the runtime quota watch does: warn | stop_bots
+    worker_group: str | None = None  # a dedicated Ray worker group (actors/placement.py); None: shared
 
     @classmethod
     def from_row(cls, row: Any) -> Plan:

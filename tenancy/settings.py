@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,6 +30,8 @@ _PLACEHOLDERS = {
     "todo", "xxx", "dev", "test", "default", "none", "null",
 }
 _MIN_SECRET_LENGTH = 32
+_RESOURCE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+_BUILT_IN_RESOURCES = {"CPU", "GPU", "memory", "object_store_memory"}
 
 
 def _default_data_dir() -> Path:
@@ -98,6 +102,17 @@ class Settings(BaseSettings):
     metrics_flush_seconds: float = Field(default=1.0, ge=0.1, le=60,
                                          description="how often a replica adds its request "
                                                      "metrics to Redis")
+    system_resources: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict, description="extra Ray resources the system actors (feed, metering "
+                                          "collector) ask for, as JSON: '{\"atp_system\": 0.001}'")
+    job_resources: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict, description="extra Ray resources every job driver asks for, as JSON")
+    job_cpu_resource: str | None = Field(
+        default=None, description="a custom resource a job driver asks for instead of CPU, one unit "
+                                  "per CPU (atp_job_cpus: the jobs worker group offers no CPU)")
+    actor_start_seconds: float = Field(
+        default=120.0, gt=0, le=3600, description="how long starting a bot waits for Ray to place "
+                                                  "and start its actors before failing with 503")
 
     @field_validator("database_url")
     @classmethod
@@ -115,6 +130,28 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(m.strip() for m in value.split(",") if m.strip())
         return value
+
+    @field_validator("system_resources", "job_resources", mode="before")
+    @classmethod
+    def _resources(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"must be a JSON object of resource name to amount: {exc}") from None
+        if not isinstance(value, dict):
+            raise ValueError("must be a JSON object of resource name to amount")
+        for name, amount in value.items():
+            _check_resource_name(name)
+            if isinstance(amount, bool) or not isinstance(amount, int | float) \
+                    or not math.isfinite(amount) or not 0 < amount <= 1e6:
+                raise ValueError(f"resource {name!r}: the amount must be a number in (0, 1e6]")
+        return value
+
+    @field_validator("job_cpu_resource")
+    @classmethod
+    def _resource_name(cls, value: str | None) -> str | None:
+        return _check_resource_name(value) if value else None
 
     @field_validator("redis_url", "ray_address", "stripe_api_base")
     @classmethod
@@ -156,6 +193,13 @@ class Settings(BaseSettings):
     @property
     def embedded_redis(self) -> bool:
         return self.redis_url is None
+
+
+def _check_resource_name(name: object) -> str:
+    if not isinstance(name, str) or not _RESOURCE_NAME_RE.fullmatch(name) or name in _BUILT_IN_RESOURCES:
+        raise ValueError(f"{name!r} is not a custom Ray resource name (letters, digits, _ . -; "
+                         "not CPU, GPU or memory)")
+    return name
 
 
 def _env_name(field: str) -> str:

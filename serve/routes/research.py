@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from actors import package_bots
 from actors.bots import BotStore
 from actors.jobs import admit_job, log_tail
+from actors.placement import job_entrypoint
 from actors.research import (
     FINISHED,
     EventHook,
@@ -105,12 +106,14 @@ async def _admission(request: Request, principal: Principal, services: ServicesD
 
     async def submit(job_id: uuid.UUID) -> str:
         config = {**job.config, "job_id": str(job_id), "kind": job.kind, "namespace": f"tenant-{tenant.slug}"}
+        driver_cpus, driver_resources = job_entrypoint(settings, plan.worker_group, job.driver_cpus)
         try:
             return await services.jobs.submit(
                 job_id=job_id, tenant_id=tenant.id, config=config, files=job.files,
-                driver_cpus=job.driver_cpus, driver_memory=job.driver_memory, total_cpus=job.cpus,
+                driver_cpus=driver_cpus, driver_memory=job.driver_memory, total_cpus=job.cpus,
                 total_memory=job.memory, api_url=api_url,
-                token=services.auth.job_token(job_id, tenant.id, settings.job_max_seconds))
+                token=services.auth.job_token(job_id, tenant.id, settings.job_max_seconds),
+                driver_resources=driver_resources)
         except Exception as exc:
             raise Unavailable(f"Ray refused the job: {type(exc).__name__}: {exc}"[:500],
                               code="ray_unavailable") from exc

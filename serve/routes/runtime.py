@@ -18,6 +18,7 @@ from actors.bots import BotStore
 from actors.calls import call
 from actors.execution import order_view
 from actors.market import known_instruments
+from actors.placement import tenant_resources
 from actors.store import TradingStore
 from actors.tenant_runtime import execution_actor, risk_actor
 from serve.deps import AdminDep, ServicesDep, TraderDep, tenant_of
@@ -101,9 +102,10 @@ async def place_order(body: OrderCreate, principal: TraderDep, services: Service
     instrument.check_order(order.quantity, order.limit_price or order.stop_price)
     await TradingStore(services.db, tenant.id, tenant.slug).open_account(MANUAL_ACCOUNT,
                                                                          MANUAL_CASH)
-    execution = execution_actor(services.settings, tenant.id, tenant.slug)
+    resources = tenant_resources(tenant.worker_group)
+    execution = execution_actor(services.settings, tenant.id, tenant.slug, resources)
     await supervisor.subscribe_execution(services.settings, tenant.slug, execution, [order.symbol])
-    risk = risk_actor(services.settings, tenant.id, tenant.slug)
+    risk = risk_actor(services.settings, tenant.id, tenant.slug, resources)
     reply: dict[str, Any] = await call(risk.submit.remote(order, MANUAL_ACCOUNT, "manual", None))
     if not reply.pop("created"):
         response.status_code = 200
@@ -122,7 +124,8 @@ async def cancel_order(client_order_id: str, principal: TraderDep, services: Ser
     stored = await TradingStore(services.db, tenant.id, tenant.slug).get(client_order_id)
     if not stored.order.is_open:
         return order_view(stored.order, stored.account)
-    execution = execution_actor(services.settings, tenant.id, tenant.slug)
+    execution = execution_actor(services.settings, tenant.id, tenant.slug,
+                                tenant_resources(tenant.worker_group))
     result: dict[str, Any] = await call(execution.cancel.remote(client_order_id))
     return result
 
@@ -132,6 +135,6 @@ async def kill_switch(body: KillSwitch, principal: AdminDep, services: ServicesD
                       ) -> dict[str, Any]:
     """Halt trading, cancel every open order and stop every bot of the tenant."""
     tenant = tenant_of(principal)
-    risk = risk_actor(services.settings, tenant.id, tenant.slug)
+    risk = risk_actor(services.settings, tenant.id, tenant.slug, tenant_resources(tenant.worker_group))
     result: dict[str, Any] = await call(risk.kill_switch.remote(body.reason, principal.actor))
     return result

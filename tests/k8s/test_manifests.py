@@ -262,6 +262,24 @@ def test_configmap_and_secret_templates_name_real_settings_and_hold_no_values() 
         assert all(value == "" for value in secret["stringData"].values()), "no values in templates"
 
 
+def test_configmap_placement_settings_parse_and_match_the_cluster_resources() -> None:
+    from actors.placement import dedicated_resource, job_entrypoint, tenant_resources
+
+    lines = (K8S / "base" / "config.env").read_text().splitlines()
+    env = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+    settings = Settings(**{k[4:].lower(): v for k, v in env.items() if k.startswith("ATP_")})
+    spec = load_yaml(ROOT / "ray-cluster.yaml")[0]["spec"]
+    head = spec["headGroupSpec"]["resources"]
+    groups = {g["groupName"]: g.get("resources", {}) for g in spec["workerGroupSpecs"]}
+    # System actors fit only the head; job drivers only the jobs group; enterprise its group.
+    assert set(settings.system_resources) <= set(head) and head["CPU"] == "0"
+    assert settings.job_cpu_resource in groups["jobs"] and groups["jobs"]["CPU"] == "0"
+    cpus, resources = job_entrypoint(settings, None, 0.5)
+    assert cpus == 0 and resources == {"atp_job_cpus": 0.5}
+    assert set(tenant_resources("enterprise")) == {dedicated_resource("enterprise")}
+    assert dedicated_resource("enterprise") in groups["enterprise"]
+
+
 # -- network policies, budgets, ingress -------------------------------------------------------
 
 def _policies(overlay: str) -> dict[str, dict[str, Any]]:
