@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -314,11 +314,12 @@ async def bot_model(db: Database, tenant_id: uuid.UUID, slug: str, strategy: str
     return {"name": name, "version": version}
 
 
-async def reconcile(settings: Settings, db: Database) -> list[str]:
+async def reconcile(settings: Settings, db: Database, slugs: Collection[str] | None = None) -> list[str]:
     """After a cluster (re)start, restart the bots the store says are running.
 
     Detached actors die with their cluster; the bots' desired state is in PostgreSQL.
     Returns one line per bot touched; a bot that cannot be admitted is marked ``error``.
+    With `slugs`, only those tenants' bots (an unknown slug is `NotFound`).
     """
     from tenancy.plans import get_plan
     from tenancy.tenants import list_tenants
@@ -326,6 +327,11 @@ async def reconcile(settings: Settings, db: Database) -> list[str]:
     report = []
     async with db.platform() as uow:
         tenants = await list_tenants(uow.conn, status="active")
+        if slugs is not None:
+            missing = sorted(set(slugs) - {t.slug for t in tenants})
+            if missing:
+                raise NotFound(f"no active tenant {missing[0]!r}", code="tenant_not_found", field="tenant")
+            tenants = [t for t in tenants if t.slug in slugs]
         plans = {t.plan: await get_plan(uow.conn, t.plan) for t in tenants}
     for tenant in tenants:
         store = BotStore(db, tenant.id, tenant.slug)

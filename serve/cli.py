@@ -152,6 +152,38 @@ def up(host: str = typer.Option(None, help="HTTP host (default 127.0.0.1)"),
         runtime.close()
 
 
+@app.command("cluster-start")
+def cluster_start(tenant: list[str] = typer.Option(
+        None, "--tenant", help="restart only this tenant's bots (repeatable; default: all)")) -> None:
+    """On a running Ray cluster (RAY_ADDRESS): start the metering collector if it is absent and
+    restart the bots whose actors are gone. Run it after each new cluster: a first deployment,
+    an upgrade, a lost head (on Kubernetes, the atp-cluster-start Job)."""
+    from serve.runtime import cluster_settings
+
+    try:
+        settings = cluster_settings()
+    except SettingsError as exc:
+        _fail(exc)
+    if not settings.ray_address:
+        _fail(Invalid("RAY_ADDRESS must name the running Ray cluster (e.g. ray://HEAD:10001)",
+                      field="RAY_ADDRESS"))
+    runtime = Runtime(settings)
+    try:
+        runtime.open_database()
+        runtime.open_redis()
+        runtime.start_ray()
+        runtime.start_collector()
+        lines = runtime.reconcile_bots(tenant or None)
+        for line in lines:
+            out.print(f"bot {line}")
+        out.print(f"metering collector running; {sum(line.endswith(': restarted') for line in lines)} "
+                  f"bot(s) restarted, {len(lines)} touched")
+    except AtpError as exc:
+        _fail(exc, {"tenant": "--tenant"})
+    finally:
+        runtime.close()
+
+
 async def _demo_bots(settings: Settings, key: str, url: str, seconds: int) -> None:
     from serve.demo import demo_pnl, start_demo_bots
 

@@ -15,18 +15,7 @@ from ray.serve import Application
 
 from serve.app import build_app
 from serve.models_app import build_models_app
-from tenancy.settings import Settings, SettingsError, load_settings
-
-
-def cluster_settings() -> Settings:
-    """The settings of a cluster deployment: from the environment, external services required."""
-    settings = load_settings()
-    for name in ("database_url", "redis_url"):
-        if getattr(settings, name) is None:
-            variable = f"ATP_{name.upper()}"
-            raise SettingsError(f"{variable} must name an external server on a cluster "
-                                "(the embedded servers run on one machine only)", field=variable)
-    return settings
+from serve.runtime import cluster_settings
 
 
 def _build() -> tuple[Application, Application]:

@@ -11,16 +11,28 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from types import FrameType
 
 from serve.embedded import EmbeddedPostgres, EmbeddedRedis
 from tenancy.db import short_lived
 from tenancy.migrate import SchemaReport, migrate_all
-from tenancy.settings import Settings, SettingsError
+from tenancy.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger(__name__)
 
+
+
+def cluster_settings(**overrides: object) -> Settings:
+    """The settings of a cluster deployment: from the environment, external services required
+    (the embedded PostgreSQL and Redis run on one machine only)."""
+    settings = load_settings(**overrides)
+    for name in ("database_url", "redis_url"):
+        if getattr(settings, name) is None:
+            variable = f"ATP_{name.upper()}"
+            raise SettingsError(f"{variable} must name an external server on a cluster "
+                                "(the embedded servers run on one machine only)", field=variable)
+    return settings
 
 class Runtime:
     """Owns whatever it started; `settings` always holds resolved URLs once opened."""
@@ -97,13 +109,13 @@ class Runtime:
         get_or_create_collector(self.settings, interval=self.settings.metering_interval_seconds,
                                 quota_samples=self.settings.quota_watch_samples)
 
-    def reconcile_bots(self) -> list[str]:
-        """Restart bots that were running when the platform last stopped."""
+    def reconcile_bots(self, slugs: Collection[str] | None = None) -> list[str]:
+        """Restart bots that were running when the platform last stopped (of `slugs` only, if given)."""
         from actors.supervisor import reconcile
 
         async def run() -> list[str]:
             async with short_lived(self.settings.database_url) as db:
-                return await reconcile(self.settings, db)
+                return await reconcile(self.settings, db, slugs)
 
         return asyncio.run(run())
 
