@@ -19,25 +19,14 @@ a bounded time (``ATP_ACTOR_START_SECONDS``) and then fails with `placement_erro
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
+from tenancy.plans import validate_worker_group
 from tenancy.settings import Settings
-from trading.errors import Invalid, Unavailable
+from trading.errors import Unavailable
 
-WORKER_GROUP_RE = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
 DEDICATED_PREFIX = "dedicated_"
 DEDICATED_UNITS = 1.0  # what one actor or job driver takes; a dedicated node advertises many
-
-
-def validate_worker_group(value: str | None, *, field: str = "worker_group") -> str | None:
-    """Return `value` if it is None or matches ``^[a-z][a-z0-9_]{0,30}$``, else raise `Invalid`."""
-    if value is None:
-        return None
-    if not isinstance(value, str) or not WORKER_GROUP_RE.fullmatch(value):
-        raise Invalid("worker_group must be 1-31 characters: a lowercase letter, then lowercase "
-                      "letters, digits or underscores", field=field)
-    return value
 
 
 def dedicated_resource(worker_group: str) -> str:

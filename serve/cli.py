@@ -39,6 +39,9 @@ app.add_typer(tenant_app, name="tenant")
 app.add_typer(billing_app, name="billing")
 app.add_typer(key_app, name="api-key")
 app.add_typer(audit_app, name="audit")
+plan_app = typer.Typer(help="Show plans; place a plan's tenants on a dedicated Ray worker group.",
+                       no_args_is_help=True)
+app.add_typer(plan_app, name="plan")
 
 out = Console()
 err = Console(stderr=True)
@@ -387,6 +390,39 @@ def tenant_resume(slug: str) -> None:
 def tenant_set_plan(slug: str, plan: str = typer.Option(..., help="the new plan")) -> None:
     """Move a tenant to another plan."""
     _update(slug, plan=plan)
+
+
+@plan_app.command("list")
+def plan_list() -> None:
+    """Every plan with its limits and worker group."""
+    from tenancy.plans import list_plans
+
+    async def work(db: Database, _s: Settings) -> Any:
+        async with db.platform() as uow:
+            return await list_plans(uow.conn)
+    table = Table("code", "bots", "cpu", "memory", "gpu", "calls / month", "rate", "worker group")
+    for p in _run(work):
+        table.add_row(p.code, *(str(v) if v is not None else "-" for v in (
+            p.max_bots, p.cpu, p.memory_bytes, p.gpu, p.api_calls_per_month, p.rate_per_second)),
+            p.worker_group or "shared")
+    out.print(table)
+
+
+@plan_app.command("set-worker-group")
+def plan_set_worker_group(plan: str, group: str = typer.Argument(
+        ..., help="the group (its nodes offer the Ray resource dedicated_<group>), or 'shared'")) -> None:
+    """Send a plan's tenants to a dedicated Ray worker group (or back to the shared pool):
+    their actors and job drivers created from now on ask for ``dedicated_<group>``."""
+    from tenancy.plans import set_worker_group
+
+    async def work(db: Database, _s: Settings) -> Any:
+        async with db.platform() as uow:
+            found = await set_worker_group(uow.conn, plan, None if group == "shared" else group)
+            await uow.commit()
+            return found
+    found = _run(work, {"plan": "PLAN", "worker_group": "GROUP"})
+    out.print(f"{found.code}: worker group {found.worker_group or 'shared'} (new actors and jobs; "
+              "running ones stay where they are)")
 
 
 @tenant_app.command("delete")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -9,6 +11,29 @@ from tenancy.models import Plan
 from trading.errors import Invalid
 
 _COLUMNS = ", ".join(Plan.__dataclass_fields__)
+WORKER_GROUP_RE = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
+
+
+def validate_worker_group(value: str | None, *, field: str = "worker_group") -> str | None:
+    """Return `value` if it is None or matches ``^[a-z][a-z0-9_]{0,30}$``, else raise `Invalid`."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not WORKER_GROUP_RE.fullmatch(value):
+        raise Invalid("worker_group must be 1-31 characters: a lowercase letter, then lowercase "
+                      "letters, digits or underscores", field=field)
+    return value
+
+
+async def set_worker_group(conn: AsyncConnection, code: str, group: str | None) -> Plan:
+    """Send the plan's tenants to the dedicated Ray worker group `group` (None: the shared pool).
+
+    Applies to actors and jobs created from now on (actors/placement.py); running ones stay.
+    """
+    validate_worker_group(group)
+    await get_plan(conn, code)
+    await conn.execute(text("UPDATE platform.plans SET worker_group = :g WHERE code = :c"),
+                       {"g": group, "c": code})
+    return await get_plan(conn, code)
 
 
 async def list_plans(conn: AsyncConnection) -> list[Plan]:

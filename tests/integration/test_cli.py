@@ -184,3 +184,23 @@ def test_backtest_errors_name_the_option(atp, args, option) -> None:  # type: ig
     failed = atp("backtest", *argv)
     assert failed.returncode == 2, failed.stdout
     assert f"invalid value for {option}" in failed.stderr
+
+
+async def test_a_plans_worker_group_is_set_shown_and_cleared(atp, db: Database) -> None:  # type: ignore[no-untyped-def]
+    # A plan of its own: the seeded plans' placement is shared by the whole session.
+    from sqlalchemy import text
+
+    plan = f"p_{random_slug('w').replace('-', '_')}"
+    async with db.platform() as uow:
+        await uow.conn.execute(text(
+            "INSERT INTO platform.plans (code, name, currency) VALUES (:c, :c, 'usd')"), {"c": plan})
+        await uow.commit()
+    done = atp("plan", "set-worker-group", plan, "enterprise")
+    assert done.returncode == 0 and f"{plan}: worker group enterprise" in done.stdout, done.stderr
+    assert any(plan in line and "enterprise" in line for line in atp("plan", "list").stdout.splitlines())
+    bad = atp("plan", "set-worker-group", plan, "Not-A-Group")
+    assert bad.returncode == 2 and "GROUP" in bad.stderr, bad.stderr
+    unknown = atp("plan", "set-worker-group", "no_such_plan", "enterprise")
+    assert unknown.returncode == 2 and "PLAN" in unknown.stderr, unknown.stderr
+    cleared = atp("plan", "set-worker-group", plan, "shared")
+    assert cleared.returncode == 0 and f"{plan}: worker group shared" in cleared.stdout
