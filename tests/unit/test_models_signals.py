@@ -2,36 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import numpy as np
 import pytest
-import torch
 
 from models.artifacts import LoadedModel, load_artifact, save_artifact
 from models.datasets import make_dataset, time_split
-from models.features import FeatureSpec
 from models.networks import build_network
 from models.signals import BATCH, BarScores, latest_window, score_bars
 from models.training import train
+
+# The same tiny feature spec and window as the artifact tests, one torch thread per module.
+from tests.unit.test_models_artifacts import LOOKBACK, SPEC, START, _one_thread  # noqa: F401
 from trading.backtest import run_backtest
 from trading.data import SyntheticSource
 from trading.instruments import Bar
-
-START = datetime(2024, 3, 1, tzinfo=UTC)
-SPEC = FeatureSpec(features=("log_return", "rsi", "macd", "volume_z"), return_horizons=(1, 3),
-                   rsi_period=5, macd_fast=3, macd_slow=6, macd_signal=3, volume_window=5)
-LOOKBACK = 6
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def series(symbol: str, n: int, seed: int = 5) -> list[Bar]:
