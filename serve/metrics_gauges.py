@@ -188,10 +188,12 @@ async def _tenant_schemas(conn: AsyncConnection, slugs: Sequence[str]
     tables = {(r.schemaname, r.tablename) for r in await conn.execute(text(
         "SELECT schemaname, tablename FROM pg_tables WHERE schemaname = ANY(:s)"
         " AND tablename IN ('bots', 'agents')"), {"s": list(schemas)})}
-    parts: list[str] = []
+    per_schema: list[list[str]] = []  # each schema's selects stay in one query
     params: dict[str, Any] = {}
     for schema, slug in schemas.items():
         name, ident = f"s{len(params)}", quote_ident(schema)
+        parts: list[str] = []
+        per_schema.append(parts)
         if (schema, "bots") in tables:
             parts.append(f"SELECT CAST(:{name} AS text) AS slug, NULL::text AS agent,"
                          f" count(*)::float8 AS value, NULL::boolean AS online FROM {ident}.bots"
@@ -204,8 +206,10 @@ async def _tenant_schemas(conn: AsyncConnection, slugs: Sequence[str]
         params[name] = slug
     bots: dict[str, int] = {}
     agents: list[tuple[str, str, float, bool]] = []
-    for start in range(0, len(parts), SCHEMAS_PER_QUERY):
-        chunk = parts[start:start + SCHEMAS_PER_QUERY]
+    for start in range(0, len(per_schema), SCHEMAS_PER_QUERY):
+        chunk = [part for parts in per_schema[start:start + SCHEMAS_PER_QUERY] for part in parts]
+        if not chunk:
+            continue
         for r in await conn.execute(text(" UNION ALL ".join(chunk)), params):
             if r.agent is None:
                 bots[r.slug] = int(r.value)
