@@ -82,11 +82,17 @@ def demo_model_request(now: datetime | None = None) -> dict[str, Any]:
 
 
 def demo_model_steps(url: str, key: str, version: int) -> list[str]:
-    """The commands that take the demo model from training to a bot trading on it."""
+    """The commands that take the demo model from training to a bot trading on it.
+
+    The synthetic bars are a random walk, so the demo model is barely better than chance
+    (test AUC about 0.53) and its scores stay near 0.5: the bot's thresholds are close to
+    0.5 so that it trades within a few minutes. It scores its first bar once it holds the
+    model's window of bars (about 50 one-minute bars: under a minute of the demo feed)."""
     auth = f"-H 'Authorization: Bearer {key}'"
     json_ = "-H 'content-type: application/json'"
     bot = ('{"name": "demo-model-btc", "strategy": "model_signal", "symbols": ["BTC-USD"], '
-           f'"params": {{"model": "{DEMO_MODEL}", "quantity": "0.05"}}, "capital": "100000"}}')
+           f'"params": {{"model": "{DEMO_MODEL}", "enter": 0.52, "exit": 0.48, "quantity": "0.05"}}, '
+           '"capital": "100000"}')
     return [
         f"curl -s {auth} {url}/v1/models/{DEMO_MODEL}/versions/{version}   # until status is ready",
         f"curl -s {auth} {json_} {url}/v1/models/{DEMO_MODEL}/versions/{version}/promote "

@@ -13,7 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, WithJsonSchema
+from pydantic import BaseModel, Field, WithJsonSchema, field_serializer
 
 from actors.bots import DEFAULT_MEMORY_MB, DEFAULT_NUM_CPUS, Bot
 from serve.schemas import Request
@@ -76,6 +76,10 @@ class BotOut(BaseModel):
     updated_at: datetime
     version: int
     package: str | None = Field(default=None, description="the strategy package it runs, if any")
+
+    @field_serializer("capital")
+    def _fixed_point(self, value: Decimal) -> str:
+        return format(value, "f")  # "100000", never "1.0E+5"
 
     @classmethod
     def of(cls, bot: Bot) -> BotOut:

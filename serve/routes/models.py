@@ -131,8 +131,8 @@ class Predict(BaseModel):
         default=None, description="feature windows (lookback rows by features each), oldest row first")
     symbol: str | None = Field(default=None,
                                description="or: predict from the platform's bars of this symbol")
-    at: datetime | None = Field(default=None,
-                                description="with symbol: the bars before this time (default now)")
+    at: datetime | None = Field(
+        default=None, description="with symbol: the bars before this time (default: the latest stored bars)")
     version: int | None = Field(default=None, description="default: the production version")
 
 
@@ -154,12 +154,13 @@ async def predict(name: str, body: Predict, principal: ViewerDep, services: Serv
         shape = await call_endpoint(handle, "describe")
         spec = FeatureSpec.from_json(shape["features"])
         need = spec.warmup + shape["lookback"]
-        at = (body.at or datetime.now(UTC)).astimezone(UTC)
+        at = body.at.astimezone(UTC) if body.at else None  # None: the latest stored bars
         async with services.db.tenant(tenant.id, tenant.slug) as uow:
             bars = await read_bars(uow.conn, body.symbol or "", None, at, need)
         if len(bars) < need:
-            raise Invalid(f"{body.symbol} has {len(bars)} stored bars before {at.isoformat()}; the model "
-                          f"needs {need}", field="symbol")
+            before = f" before {at.isoformat()}" if at else ""
+            raise Invalid(f"{body.symbol} has {len(bars)} stored bars{before}; the model needs {need}",
+                          field="symbol")
         features = compute_features(spec, bars)
         windows = [features[-shape["lookback"]:].tolist()]
     predictions = await call_endpoint(handle, "predict", windows)

@@ -204,6 +204,13 @@ async def test_a_bot_and_a_backtest_trade_on_the_model(http: httpx.AsyncClient, 
     assert any("model trend scored" in line for line in status["logs"]), status["logs"]
     stopped = await http.post(f"/v1/bots/{created_bot['id']}/stop", headers=key)
     assert stopped.json()["status"] == "stopped"
+    assert stopped.json()["capital"] == "100000"  # fixed-point, never "1.0E+5"
+
+    # Without `at`, a prediction reads the symbol's latest stored bars (here: the fed ones).
+    r = await http.post("/v1/models/trend/predict", json={"symbol": SYMBOL}, headers=key)
+    assert r.status_code == 200, r.text
+    latest = (await http.get("/v1/market/bars", params={"symbol": SYMBOL, "limit": 1}, headers=key)).json()
+    assert r.json()["at"] == datetime.fromisoformat(latest[-1]["ts"].replace("Z", "+00:00")).isoformat()
 
 
 async def _finished(http: httpx.AsyncClient, key: dict[str, str], path: str) -> dict[str, Any]:
