@@ -80,18 +80,21 @@ async def upsert_instruments(db: Database, instruments: Iterable[Instrument]) ->
     return len(rows)
 
 
-async def instrument_map(db: Database) -> dict[str, Instrument]:
-    """The instruments trading knows: the built-in defaults and every row of `market.instruments`."""
+async def instrument_map(db: Database, symbols: Sequence[str] | None = None) -> dict[str, Instrument]:
+    """The instruments trading knows: the built-in defaults and the rows of `market.instruments`
+    (a stored row wins over a default); only those of `symbols` when given."""
     from trading.data import DEFAULT_INSTRUMENTS
 
     async with db.platform() as uow:
-        stored = await list_instruments(uow.conn)
-    return {**DEFAULT_INSTRUMENTS, **{i.symbol: i for i in stored}}
+        stored = await list_instruments(uow.conn, symbols)
+    defaults = DEFAULT_INSTRUMENTS if symbols is None else \
+        {s: DEFAULT_INSTRUMENTS[s] for s in symbols if s in DEFAULT_INSTRUMENTS}
+    return {**defaults, **{i.symbol: i for i in stored}}
 
 
-async def known_instruments(db: Database, symbols: Iterable[str], *, field: str) -> dict[str, Instrument]:
+async def known_instruments(db: Database, symbols: Sequence[str], *, field: str) -> dict[str, Instrument]:
     """The instruments of `symbols`; an unknown one is 422 ``unknown_symbol`` naming `field`."""
-    known = await instrument_map(db)
+    known = await instrument_map(db, symbols)
     unknown = sorted(set(symbols) - set(known))
     if unknown:
         raise Invalid(f"unknown symbol(s): {', '.join(unknown[:10])} (see GET /v1/market/instruments)",
@@ -99,10 +102,12 @@ async def known_instruments(db: Database, symbols: Iterable[str], *, field: str)
     return {s: known[s] for s in symbols}
 
 
-async def list_instruments(conn: AsyncConnection) -> list[Instrument]:
-    """Every instrument, by symbol."""
+async def list_instruments(conn: AsyncConnection, symbols: Sequence[str] | None = None) -> list[Instrument]:
+    """Every instrument (or those of `symbols`), by symbol."""
+    where = "" if symbols is None else " WHERE symbol = ANY(CAST(:s AS text[]))"
     rows = await conn.execute(text(
-        "SELECT symbol, tick_size, lot_size, min_notional FROM market.instruments ORDER BY symbol"))
+        f"SELECT symbol, tick_size, lot_size, min_notional FROM market.instruments{where} ORDER BY symbol"),
+        {} if symbols is None else {"s": list(symbols)})
     return [Instrument(r.symbol, r.tick_size, r.lot_size, r.min_notional) for r in rows]
 
 

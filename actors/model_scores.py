@@ -54,14 +54,12 @@ def endpoint_handle(tenant_id: uuid.UUID, name: str, version: int) -> Any:
 class EndpointScores:
     """Scores of one model for a live bot's bars (see the module's doc)."""
 
-    def __init__(self, handle: Any, name: str, version: int) -> None:
-        self.name, self.version = name, version
+    def __init__(self, handle: Any) -> None:
         self._handle = handle
         self._spec: FeatureSpec | None = None
         self._lookback = 0
         self._bars: dict[str, deque[Bar]] = {}
         self._latest: dict[str, tuple[datetime, float]] = {}
-        self.asked = 0
 
     async def prepare(self) -> int:
         """Learn the model's window and features from the endpoint; return the bars it needs."""
@@ -99,7 +97,6 @@ class EndpointScores:
         if window is None:
             return
         (value,) = await call_endpoint(self._handle, "predict", [window.tolist()])
-        self.asked += 1
         self._latest[bar.symbol] = (bar.ts, float(value))
 
     def score(self, symbol: str, ts: datetime) -> float | None:

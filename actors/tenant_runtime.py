@@ -306,7 +306,7 @@ class StrategyActor:
                 scores, keep = None, HISTORY_BARS
                 if self._bot.get("model"):  # a strategy trading on a model: its endpoint, its window
                     name, version = self._bot["model"]["name"], int(self._bot["model"]["version"])
-                    scores = EndpointScores(endpoint_handle(self._tenant_id, name, version), name, version)
+                    scores = EndpointScores(endpoint_handle(self._tenant_id, name, version))
                     keep = max(keep, await scores.prepare())
                 async with short_lived(self._settings.database_url, pool_size=1) as db:
                     portfolio = await TradingStore(db, self._tenant_id, self._slug

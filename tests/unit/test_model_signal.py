@@ -34,10 +34,8 @@ class Table:
 
     def __init__(self, scores: list[float | None], symbol: str = SYMBOL) -> None:
         self.by_ts = {(symbol, T0 + timedelta(minutes=i)): s for i, s in enumerate(scores) if s is not None}
-        self.asked: list[tuple[str, datetime]] = []
 
     def score(self, symbol: str, ts: datetime) -> float | None:
-        self.asked.append((symbol, ts))
         return self.by_ts.get((symbol, ts))
 
 
