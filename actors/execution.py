@@ -66,6 +66,7 @@ class ExecutionEngine:
         self._publish = publish or _no_publish
         self._working: dict[str, tuple[Order, str]] = {}  # open orders: (order, account)
         self._last_bar: dict[str, datetime] = {}  # the latest bar time seen per symbol
+        self._last_close: dict[str, Decimal] = {}  # and that bar's close
         self._lock = asyncio.Lock()  # one mutation of broker and store state at a time
 
     async def start(self) -> None:
@@ -104,6 +105,7 @@ class ExecutionEngine:
             if stored.created:  # written NEW → ACCEPTED in one transaction; now the broker
                 self._route(current, stored.account, stored.source)
                 await self._publish({"type": "order", "order": order_view(current, account)})
+                await self._catch_up(current, stored.account)
             elif current.status is OrderStatus.NEW:  # written before a crash, never accepted
                 await self._accept(current, stored.account, source=stored.source)
             elif current.client_order_id in self._working:
@@ -127,6 +129,19 @@ class ExecutionEngine:
         await self._store.transition(order, order.transition(OrderStatus.ACCEPTED))
         self._route(order, account, source)
         await self._publish({"type": "order", "order": order_view(order, account)})
+        await self._catch_up(order, account)
+
+    async def _catch_up(self, order: Order, account: str) -> None:
+        """Work an order just routed on the bars that reached this engine before it did.
+
+        A bot's order decided on bar k may arrive after bar k+1 (it came through strategy
+        and risk; the bar came straight from the feed): it fills at k+1 as a backtest would,
+        not at the next bar to arrive (`PaperBroker.catch_up`).
+        """
+        symbol = order.symbol
+        if await self._apply(self._broker.catch_up(order.client_order_id)):
+            await self._store.snapshot(account, {symbol: self._last_close[symbol]},
+                                       self._last_bar[symbol])
 
     def _route(self, order: Order, account: str, source: str) -> None:
         self._working[order.client_order_id] = (order, account)
@@ -168,28 +183,37 @@ class ExecutionEngine:
     async def on_bars(self, bars: Iterable[Bar]) -> int:
         """Feed bars to the broker and store what happens; return the number of fills."""
         fills = 0
-        traded: set[str] = set()
+        traded: dict[str, int] = {}
         closes: dict[str, Decimal] = {}
         last: datetime | None = None
         async with self._lock:
             for bar in bars:
-                self._last_bar[bar.symbol] = max(bar.ts, self._last_bar.get(bar.symbol, bar.ts))
+                if bar.ts >= self._last_bar.get(bar.symbol, bar.ts):
+                    self._last_bar[bar.symbol] = bar.ts
+                    self._last_close[bar.symbol] = bar.close
                 closes[bar.symbol] = bar.close
                 last = bar.ts if last is None else max(last, bar.ts)
-                for update in self._broker.on_bar(bar):
-                    if isinstance(update, Fill):
-                        entry = self._working.get(update.client_order_id)
-                        account = entry[1] if entry else ""
-                        if await self._fill(update):
-                            fills += 1
-                            traded.add(account)
-                    else:
-                        await self._end(update)
+                for account, n in (await self._apply(self._broker.on_bar(bar))).items():
+                    traded[account] = traded.get(account, 0) + n
+                    fills += n
         # One P&L snapshot per account that traded in this batch, marked at the closes.
         for account in sorted(traded):
             assert last is not None
             await self._store.snapshot(account, closes, last)
         return fills
+
+    async def _apply(self, updates: Iterable[Fill | Expiry]) -> dict[str, int]:
+        """Store the broker's fills and expiries; return the fills applied per account."""
+        traded: dict[str, int] = {}
+        for update in updates:
+            if isinstance(update, Fill):
+                entry = self._working.get(update.client_order_id)
+                account = entry[1] if entry else ""
+                if await self._fill(update):
+                    traded[account] = traded.get(account, 0) + 1
+            else:
+                await self._end(update)
+        return traded
 
     async def _fill(self, fill: Fill) -> int:
         entry = self._working.get(fill.client_order_id)

@@ -95,25 +95,35 @@ class TradingStore(TenantScoped):
             raise IllegalTransition("only NEW orders are submitted", field="status")
         order = order.copy()
         accepted = order.transition(OrderStatus.ACCEPTED) if accept else None
+        events: list[tuple[OrderStatus | None, OrderStatus, datetime]] = [
+            (None, OrderStatus.NEW, order.created_at)]
+        if accepted is not None:
+            events.append((accepted.from_status, accepted.to_status, accepted.ts))
+        rows = ", ".join(f"({i}, CAST(:f{i} AS text), CAST(:t{i} AS text), CAST(:at{i} AS timestamptz))"
+                         for i in range(len(events)))
+        params: dict[str, Any] = {
+            "id": uuid.uuid4(), "c": order.client_order_id, "a": account, "b": bot_id,
+            "s": order.symbol, "side": order.side.value, "t": order.type.value,
+            "q": order.quantity, "lp": order.limit_price, "sp": order.stop_price,
+            "tif": order.time_in_force.value, "st": order.status.value, "src": source,
+            "at": order.created_at}
+        for i, (from_status, to_status, at) in enumerate(events):
+            params |= {f"f{i}": from_status.value if from_status else None,
+                       f"t{i}": to_status.value, f"at{i}": at}
         async with self._uow() as uow:
+            # One statement: the order and its events, or nothing when the id is known.
             order_id = (await uow.conn.execute(text(
-                "INSERT INTO orders (id, client_order_id, account, bot_id, symbol, side, type,"
-                " quantity, limit_price, stop_price, time_in_force, status, source, created_at)"
-                " VALUES (:id, :c, :a, :b, :s, :side, :t, :q, :lp, :sp, :tif, :st, :src, :at)"
-                " ON CONFLICT (client_order_id) DO NOTHING RETURNING id"),
-                {"id": uuid.uuid4(), "c": order.client_order_id, "a": account, "b": bot_id,
-                 "s": order.symbol, "side": order.side.value, "t": order.type.value,
-                 "q": order.quantity, "lp": order.limit_price, "sp": order.stop_price,
-                 "tif": order.time_in_force.value, "st": order.status.value, "src": source,
-                 "at": order.created_at}
-            )).scalar_one_or_none()
+                "WITH o AS (INSERT INTO orders (id, client_order_id, account, bot_id, symbol, side,"
+                " type, quantity, limit_price, stop_price, time_in_force, status, source,"
+                " created_at) VALUES (:id, :c, :a, :b, :s, :side, :t, :q, :lp, :sp, :tif, :st,"
+                " :src, :at) ON CONFLICT (client_order_id) DO NOTHING RETURNING id),"
+                " e AS (INSERT INTO order_events (order_id, from_status, to_status, at)"
+                f" SELECT o.id, v.f, v.t, v.at FROM o, (VALUES {rows}) AS v(n, f, t, at)"
+                " ORDER BY v.n)"
+                " SELECT id FROM o"), params)).scalar_one_or_none()
             if order_id is None:
                 stored = await self._load(uow.conn, order.client_order_id)
                 return StoredOrder(stored[0], stored[1], stored[2], stored[3], created=False)
-            await _event(uow.conn, order_id, None, OrderStatus.NEW, None, order.created_at)
-            if accepted is not None:
-                await _event(uow.conn, order_id, accepted.from_status, accepted.to_status, None,
-                             accepted.ts)
             await uow.commit()
         return StoredOrder(order_id, order, account, source)
 
@@ -143,45 +153,49 @@ class TradingStore(TenantScoped):
         """
         async with self._uow() as uow:
             c = uow.conn
-            order_id = (await c.execute(text(
-                "SELECT id FROM orders WHERE client_order_id = :c FOR UPDATE"),
-                {"c": fill.client_order_id})).scalar_one_or_none()
-            if order_id is None:
+            # The order and the position are locked and read in one statement ...
+            row = (await c.execute(text(
+                "WITH o AS (SELECT id FROM orders WHERE client_order_id = :c FOR UPDATE),"
+                " p AS (SELECT quantity, average_cost, realized_pnl FROM positions"
+                " WHERE account = :a AND symbol = :s FOR UPDATE)"
+                " SELECT o.id, p.quantity, p.average_cost, p.realized_pnl FROM o LEFT JOIN p ON true"),
+                {"c": fill.client_order_id, "a": account, "s": fill.symbol})).first()
+            if row is None:
                 raise NotFound(f"no order {fill.client_order_id}", field="client_order_id")
-            inserted = (await c.execute(text(
-                "INSERT INTO fills (fill_id, order_id, account, symbol, side, quantity, price,"
-                " fee, at) VALUES (:f, :o, :a, :s, :side, :q, :p, :fee, :at)"
-                " ON CONFLICT (fill_id) DO NOTHING RETURNING fill_id"),
+            order_id = row.id
+            before = (Position(fill.symbol, row.quantity, row.average_cost, row.realized_pnl)
+                      if row.quantity is not None else Position(fill.symbol))
+            after = before.apply(fill.quantity * fill.side.sign, fill.price)
+            # ... and changed in one: every part but the fill insert reads `f`, so a fill id
+            # already stored changes nothing and returns no row.
+            changed = (await c.execute(text(
+                "WITH f AS (INSERT INTO fills (fill_id, order_id, account, symbol, side, quantity,"
+                " price, fee, at) VALUES (:f, :o, :a, :s, :side, :q, :p, :fee, :at)"
+                " ON CONFLICT (fill_id) DO NOTHING RETURNING fill_id),"
+                " u AS (UPDATE orders SET status = :st, filled_quantity = filled_quantity + :q,"
+                " average_fill_price = :avg, fees = fees + :fee, updated_at = now(),"
+                " version = version + 1 WHERE id = :o AND EXISTS (SELECT FROM f)),"
+                " e AS (INSERT INTO order_events (order_id, from_status, to_status, at)"
+                " SELECT CAST(:o AS uuid), CAST(:ef AS text), CAST(:et AS text),"
+                " CAST(:at AS timestamptz) FROM f),"
+                " pos AS (INSERT INTO positions (account, symbol, quantity, average_cost,"
+                " realized_pnl) SELECT CAST(:a AS text), CAST(:s AS text), CAST(:pq AS numeric),"
+                " CAST(:pavg AS numeric), CAST(:pr AS numeric) FROM f"
+                " ON CONFLICT (account, symbol) DO UPDATE SET quantity = EXCLUDED.quantity,"
+                " average_cost = EXCLUDED.average_cost, realized_pnl = EXCLUDED.realized_pnl,"
+                " updated_at = now())"
+                " UPDATE accounts SET cash = cash - :flow, fees = fees + :fee, updated_at = now()"
+                " WHERE account = :a AND EXISTS (SELECT FROM f) RETURNING cash, fees"),
                 {"f": fill.fill_id, "o": order_id, "a": account, "s": fill.symbol,
                  "side": fill.side.value, "q": fill.quantity, "p": fill.price, "fee": fill.fee,
-                 "at": fill.ts})).scalar_one_or_none()
-            if inserted is None:
+                 "at": fill.ts, "st": order.status.value, "avg": order.average_fill_price,
+                 "ef": event.from_status.value if event.from_status else None,
+                 "et": event.to_status.value, "pq": after.quantity, "pavg": after.average_cost,
+                 "pr": after.realized_pnl, "flow": fill.notional * fill.side.sign + fill.fee}
+            )).first()
+            if changed is None:
                 return FillResult(applied=False)
-            await c.execute(text(
-                "UPDATE orders SET status = :st, filled_quantity = filled_quantity + :q,"
-                " average_fill_price = :avg, fees = fees + :fee, updated_at = now(),"
-                " version = version + 1 WHERE id = :o"),
-                {"st": order.status.value, "q": fill.quantity, "avg": order.average_fill_price,
-                 "fee": fill.fee, "o": order_id})
-            await _event(c, order_id, event.from_status, event.to_status, None, fill.ts)
-            row = (await c.execute(text(
-                "SELECT quantity, average_cost, realized_pnl FROM positions"
-                " WHERE account = :a AND symbol = :s FOR UPDATE"),
-                {"a": account, "s": fill.symbol})).first()
-            before = Position(fill.symbol, *row) if row else Position(fill.symbol)
-            after = before.apply(fill.quantity * fill.side.sign, fill.price)
-            await c.execute(text(
-                "INSERT INTO positions (account, symbol, quantity, average_cost, realized_pnl)"
-                " VALUES (:a, :s, :q, :avg, :r) ON CONFLICT (account, symbol) DO UPDATE SET"
-                " quantity = EXCLUDED.quantity, average_cost = EXCLUDED.average_cost,"
-                " realized_pnl = EXCLUDED.realized_pnl, updated_at = now()"),
-                {"a": account, "s": fill.symbol, "q": after.quantity, "avg": after.average_cost,
-                 "r": after.realized_pnl})
-            cash, fees = (await c.execute(text(
-                "UPDATE accounts SET cash = cash - :flow, fees = fees + :fee, updated_at = now()"
-                " WHERE account = :a RETURNING cash, fees"),
-                {"flow": fill.notional * fill.side.sign + fill.fee, "fee": fill.fee,
-                 "a": account})).one()
+            cash, fees = changed
             await uow.commit()
         return FillResult(True, after, cash, fees)
 

@@ -48,6 +48,7 @@ SYSTEM_CPUS = 0.05  # what the risk and execution actors reserve, each
 SYSTEM_MEMORY = 200 * 1024**2
 FEE_BPS = Decimal(10)
 SLIPPAGE_BPS = Decimal(5)
+RECENT_BARS = 16  # bars per symbol the broker keeps for orders that arrive after them
 
 
 def tenant_namespace(slug: str) -> str:
@@ -83,7 +84,7 @@ class ExecutionActor:
                 self._redis = Redis.from_url(self._settings.redis_url or "",
                                              socket_timeout=self._settings.redis_timeout_seconds)
                 broker = PaperBroker(DEFAULT_INSTRUMENTS, fee_bps=FEE_BPS,
-                                     slippage_bps=SLIPPAGE_BPS)
+                                     slippage_bps=SLIPPAGE_BPS, recent_bars=RECENT_BARS)
                 engine = ExecutionEngine(TradingStore(db, self._tenant_id, self._slug), broker,
                                          publish=self._publish,
                                          instruments=lambda: instrument_map(db))

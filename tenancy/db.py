@@ -3,8 +3,8 @@
 Two kinds of unit of work, both one transaction that rolls back unless committed:
 
 * `Database.platform()` runs as the platform's own role (master schema, provisioning).
-* `Database.tenant(tenant_id, slug)` begins with ``SET LOCAL ROLE <tenant role>``,
-  ``SET LOCAL search_path`` and ``atp.tenant_id``, so PostgreSQL itself refuses any
+* `Database.tenant(tenant_id, slug)` begins by setting, for the transaction only, the
+  tenant's role, ``search_path`` and ``atp.tenant_id``, so PostgreSQL itself refuses any
   other tenant's schema and row-level security hides other tenants' shared rows.
 """
 
@@ -75,18 +75,19 @@ class Database:
     @asynccontextmanager
     async def tenant(self, tenant_id: uuid.UUID, slug: str) -> AsyncIterator[UnitOfWork]:
         """A transaction confined to one tenant's role, schema and shared rows."""
-        role = quote_ident(tenant_schema(slug))
+        role = tenant_schema(slug)  # validated: lower-case letters, digits, underscores
         tid = str(uuid.UUID(str(tenant_id)))
         async with self._connect() as conn:
             uow = UnitOfWork(conn)
             await conn.begin()
             try:
-                await conn.execute(text(f"SET LOCAL ROLE {role}"))
-                # set_config(..., true) is SET LOCAL; one round trip for both settings.
+                # set_config(..., true) is SET LOCAL (``role`` included: the same membership
+                # check as SET ROLE); one round trip for the three settings. The role is set
+                # first: the arguments of a select list are evaluated left to right.
                 await conn.execute(
-                    text("SELECT set_config('search_path', :p, true),"
+                    text("SELECT set_config('role', :r, true), set_config('search_path', :p, true),"
                          " set_config('atp.tenant_id', :t, true)"),
-                    {"p": role, "t": tid})
+                    {"r": role, "p": quote_ident(role), "t": tid})
                 yield uow
             finally:
                 if not uow.committed and conn.in_transaction():

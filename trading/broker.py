@@ -29,10 +29,19 @@ Execution rules, per bar, for each open order of the bar's symbol in submission 
   date arrives expires (reason ``end_of_day``) before that bar is processed.
 * Fill ids are ``f"{client_order_id}:{n}"`` with ``n`` counting that order's fills from 1,
   so a rebuilt broker fed the same bars produces the same ids.
+
+Orders that arrive after their next bar. A backtester hands an order over before the next
+bar exists; a live engine may get the next bar first (the order is still on its way from
+the strategy through risk). With ``recent_bars=n`` the broker keeps each symbol's last
+``n`` bars, with the volume each has left under ``max_volume_share``, and
+``catch_up(client_order_id)`` works a newly submitted order on those of them it is
+eligible for, in order, by the rules above, so it fills where a backtest would have
+filled it, at the first bar after its submission, not at the next one to arrive.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -109,6 +118,12 @@ class _Working:
     triggered: bool
 
 
+@dataclass(slots=True)
+class _Kept:
+    bar: Bar
+    cap: Quantity | None  # the volume the bar has left for orders (None: no cap)
+
+
 def _utc(ts: datetime, field: str) -> datetime:
     if not isinstance(ts, datetime) or ts.tzinfo is None:
         raise Invalid(f"{field} must be a timezone-aware datetime", field=field)
@@ -126,8 +141,8 @@ class PaperBroker:
 
     def __init__(self, instruments: Mapping[str, Instrument], *, fee_bps: Decimal = ZERO,
                  slippage_bps: Decimal = ZERO, latency_bars: int = 0,
-                 max_volume_share: Decimal | None = None) -> None:
-        """Validate the settings: non-negative costs and latency, a share in (0, 1]."""
+                 max_volume_share: Decimal | None = None, recent_bars: int = 0) -> None:
+        """Validate the settings: non-negative costs, latency and bars kept, a share in (0, 1]."""
         self._instruments = dict(instruments)
         self.fee_bps = non_negative(fee_bps, field="fee_bps")
         self.slippage_bps = non_negative(slippage_bps, field="slippage_bps")
@@ -140,7 +155,11 @@ class PaperBroker:
             if not ZERO < share <= 1:
                 raise Invalid("max_volume_share must be in (0, 1]", field="max_volume_share")
             self.max_volume_share = share
+        if isinstance(recent_bars, bool) or not isinstance(recent_bars, int) or recent_bars < 0:
+            raise Invalid("recent_bars must be a non-negative integer", field="recent_bars")
+        self.recent_bars = recent_bars
         self._working: dict[str, _Working] = {}
+        self._recent: dict[str, deque[_Kept]] = {}  # per symbol, the last bars worked
 
     def knows(self, symbol: str) -> bool:
         """Whether orders for `symbol` can be submitted (its instrument is known)."""
@@ -183,26 +202,33 @@ class PaperBroker:
         cap: Quantity | None = None
         if self.max_volume_share is not None:
             cap = round_to_step(bar.volume * self.max_volume_share, instrument.lot_size, down=True)
-        ts = bar.ts
         for working in [w for w in self._working.values() if w.order.symbol == bar.symbol]:
-            order = working.order
-            if order.time_in_force is _DAY and ts.date() > working.day:
-                events.append(self._end(working, _EXPIRED, "end_of_day", ts))
+            cap = self._work(working, bar, instrument, cap, events)
+        if self.recent_bars:
+            recent = self._recent.get(bar.symbol)
+            if recent is None:
+                recent = self._recent[bar.symbol] = deque(maxlen=self.recent_bars)
+            if not recent or bar.ts > recent[-1].bar.ts:  # a replayed bar is not kept twice
+                recent.append(_Kept(bar, cap))
+        return events
+
+    def catch_up(self, client_order_id: str) -> list[Fill | Expiry]:
+        """Work a newly submitted order on the kept bars it is eligible for (oldest first).
+
+        Returns its fills and expiries; nothing when no bar after its submission is kept
+        (``recent_bars=0``, or the next bar has not come yet).
+        """
+        events: list[Fill | Expiry] = []
+        working = self._working.get(client_order_id)
+        if working is None:
+            return events
+        instrument = self._instruments[working.order.symbol]
+        for kept in self._recent.get(working.order.symbol, ()):
+            if kept.bar.ts <= working.after:
                 continue
-            if ts <= working.after:
-                continue
-            if working.wait > 0:
-                working.wait -= 1
-                continue
-            fill = self._execute(working, bar, instrument, cap)
-            if fill is not None:
-                events.append(fill)
-                if cap is not None:
-                    cap -= fill.quantity
-            if order.status is _FILLED:
-                del self._working[order.client_order_id]
-            elif order.time_in_force is _IOC:
-                events.append(self._end(working, _CANCELED, "ioc_unfilled", ts))
+            if self._working.get(client_order_id) is not working:
+                break  # filled, expired or canceled on an earlier kept bar
+            kept.cap = self._work(working, kept.bar, instrument, kept.cap, events)
         return events
 
     def open_orders(self) -> list[str]:
@@ -256,6 +282,30 @@ class PaperBroker:
             raise Invalid(f"a {order.type.value} order needs limit_price", field="limit_price")
         if order.stop_price is None and order.type in STOP_TYPES:
             raise Invalid(f"a {order.type.value} order needs stop_price", field="stop_price")
+
+    def _work(self, working: _Working, bar: Bar, instrument: Instrument, cap: Quantity | None,
+              events: list[Fill | Expiry]) -> Quantity | None:
+        """Apply one bar to one open order of its symbol; return the bar's volume cap left."""
+        order = working.order
+        ts = bar.ts
+        if order.time_in_force is _DAY and ts.date() > working.day:
+            events.append(self._end(working, _EXPIRED, "end_of_day", ts))
+            return cap
+        if ts <= working.after:
+            return cap
+        if working.wait > 0:
+            working.wait -= 1
+            return cap
+        fill = self._execute(working, bar, instrument, cap)
+        if fill is not None:
+            events.append(fill)
+            if cap is not None:
+                cap -= fill.quantity
+        if order.status is _FILLED:
+            del self._working[order.client_order_id]
+        elif order.time_in_force is _IOC:
+            events.append(self._end(working, _CANCELED, "ioc_unfilled", ts))
+        return cap
 
     def _end(self, working: _Working, status: OrderStatus, reason: str, ts: datetime) -> Expiry:
         order = working.order

@@ -102,3 +102,17 @@ async def test_open_orders_come_back_with_their_fill_counts(db: Database,
     assert back.order.client_order_id == "open-1" and fills == 1
     assert back.order.status is OrderStatus.PARTIALLY_FILLED
     assert back.order.remaining == Decimal(2)
+
+
+async def test_an_accepted_submit_stores_both_events_in_order_and_a_duplicate_none(
+        db: Database, make_tenant: TenantFactory) -> None:
+    store = await _store(db, make_tenant)
+    first = await store.submit(_order("acc-1"), account="manual", source="bot", accept=True)
+    again = await store.submit(_order("acc-1"), account="manual", source="bot", accept=True)
+    assert first.created and not again.created and again.id == first.id
+    assert again.order.status is OrderStatus.ACCEPTED
+    async with db.tenant(store._tenant_id, store._slug) as uow:
+        events = (await uow.conn.execute(text(
+            "SELECT e.from_status, e.to_status FROM order_events e JOIN orders o"
+            " ON o.id = e.order_id WHERE o.client_order_id = 'acc-1' ORDER BY e.id"))).all()
+    assert [tuple(e) for e in events] == [(None, "new"), ("new", "accepted")]

@@ -377,3 +377,83 @@ def test_the_broker_tracks_a_trigger_without_touching_an_adopted_order() -> None
     [fill] = broker.on_bar(bar(2, "104.5", "104.8", "103.5", "104"))
     assert isinstance(fill, Fill)
     assert order.status is OrderStatus.FILLED and order.average_fill_price == D(104)
+
+
+# -- orders that arrive after their next bar (recent_bars, catch_up) ----------------------------
+
+LATE_CASES: list[dict[str, Any]] = [
+    {"type": "market"},
+    {"type": "market", "side": "sell"},
+    {"type": "limit", "limit_price": "98"},  # reached on the third bar only
+    {"type": "stop", "stop_price": "103"},
+    {"type": "stop_limit", "stop_price": "103", "limit_price": "102.5"},
+    {"type": "limit", "limit_price": "98", "time_in_force": "ioc"},  # canceled on the first
+    {"type": "limit", "limit_price": "90", "time_in_force": "day"},  # expires at the new day
+]
+
+
+def _late_bars() -> list[Bar]:
+    return [bar(1, "100", "101", "99", "100"), bar(2, "101", "104", "100", "103"),
+            bar(3, "99", "100", "97", "98"),
+            bar(0, "98", "99", "97", "98", ts=T0.replace(hour=0) + timedelta(days=1))]
+
+
+@pytest.mark.parametrize("fields", LATE_CASES)
+@pytest.mark.parametrize("latency", [0, 1])
+def test_an_order_caught_up_on_kept_bars_ends_as_if_it_had_been_working(
+        fields: dict[str, Any], latency: int) -> None:
+    early = PaperBroker(INSTRUMENTS, fee_bps=D(3), slippage_bps=D(2), latency_bars=latency)
+    early.submit(accepted(**fields), T0)
+    expected = [e for b in _late_bars() for e in early.on_bar(b)]
+
+    late = PaperBroker(INSTRUMENTS, fee_bps=D(3), slippage_bps=D(2), latency_bars=latency,
+                       recent_bars=8)
+    for b in _late_bars():
+        assert late.on_bar(b) == []  # nothing working yet
+    late.submit(accepted(**fields), T0)
+    assert late.catch_up("o1") == expected
+    assert expected  # every case fills or ends on these bars
+    assert late.open_orders() == early.open_orders() == []
+
+
+def test_catch_up_uses_only_bars_after_the_submission() -> None:
+    broker = PaperBroker(INSTRUMENTS, recent_bars=4)
+    broker.on_bar(flat(-1, "90"))
+    broker.on_bar(flat(0, "95"))  # ts == submission: not eligible (no look-ahead)
+    broker.submit(accepted(), T0)
+    assert broker.catch_up("o1") == []
+    assert broker.open_orders() == ["o1"]
+    [fill] = fills(broker.on_bar(flat(1, "101")))
+    assert fill.price == D(101) and fill.ts == T0 + MIN
+
+
+def test_catch_up_shares_a_kept_bars_volume_with_the_orders_already_filled_on_it() -> None:
+    broker = PaperBroker(INSTRUMENTS, max_volume_share=D("0.1"), recent_bars=4)
+    broker.submit(accepted("first", quantity="60"), T0)
+    assert fills(broker.on_bar(flat(1, v="1000")))[0].quantity == D(60)  # cap 100, 40 left
+    broker.submit(accepted("late", quantity="70"), T0)
+    [part] = fills(broker.catch_up("late"))
+    assert (part.quantity, part.ts) == (D(40), T0 + MIN)
+    assert broker.open_orders() == ["late"]
+    [rest] = fills(broker.on_bar(flat(2, v="1000")))
+    assert (rest.fill_id, rest.quantity) == ("late:2", D(30))
+
+
+def test_only_the_last_recent_bars_are_kept_and_none_by_default() -> None:
+    kept = PaperBroker(INSTRUMENTS, recent_bars=2)
+    plain = PaperBroker(INSTRUMENTS)
+    for i in (1, 2, 3):
+        kept.on_bar(flat(i, str(100 + i)))
+        plain.on_bar(flat(i, str(100 + i)))
+    kept.submit(accepted(), T0)
+    plain.submit(accepted(), T0)
+    assert [f.price for f in fills(kept.catch_up("o1"))] == [D(102)]  # bar 1 is gone
+    assert plain.catch_up("o1") == [] and plain.open_orders() == ["o1"]
+    assert kept.catch_up("unknown") == []
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True, "2"])
+def test_recent_bars_must_be_a_non_negative_integer(value: Any) -> None:
+    with pytest.raises(Invalid) as err:
+        PaperBroker(INSTRUMENTS, recent_bars=value)
+    assert err.value.field == "recent_bars"
