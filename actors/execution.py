@@ -68,6 +68,7 @@ class ExecutionEngine:
         self._last_bar: dict[str, datetime] = {}  # the latest bar time seen per symbol
         self._last_close: dict[str, Decimal] = {}  # and that bar's close
         self._lock = asyncio.Lock()  # one mutation of broker and store state at a time
+        self._deferred: list[dict[str, Any]] | None = None  # events held during a catch-up
 
     async def start(self) -> None:
         """Learn the instruments, then rebuild the broker's book from the store."""
@@ -104,8 +105,8 @@ class ExecutionEngine:
             current = stored.order
             if stored.created:  # written NEW → ACCEPTED in one transaction; now the broker
                 self._route(current, stored.account, stored.source)
-                await self._publish({"type": "order", "order": order_view(current, account)})
-                await self._catch_up(current, stored.account)
+                await self._catch_up(current, stored.account,
+                                     {"type": "order", "order": order_view(current, account)})
             elif current.status is OrderStatus.NEW:  # written before a crash, never accepted
                 await self._accept(current, stored.account, source=stored.source)
             elif current.client_order_id in self._working:
@@ -128,20 +129,34 @@ class ExecutionEngine:
     async def _accept(self, order: Order, account: str, *, source: str = "bot") -> None:
         await self._store.transition(order, order.transition(OrderStatus.ACCEPTED))
         self._route(order, account, source)
-        await self._publish({"type": "order", "order": order_view(order, account)})
-        await self._catch_up(order, account)
+        await self._catch_up(order, account, {"type": "order", "order": order_view(order, account)})
 
-    async def _catch_up(self, order: Order, account: str) -> None:
+    async def _catch_up(self, order: Order, account: str, accepted: dict[str, Any]) -> None:
         """Work an order just routed on the bars that reached this engine before it did.
 
         A bot's order decided on bar k may arrive after bar k+1 (it came through strategy
         and risk; the bar came straight from the feed): it fills at k+1 as a backtest would,
-        not at the next bar to arrive (`PaperBroker.catch_up`).
+        not at the next bar to arrive (`PaperBroker.catch_up`). The events (`accepted`
+        first) are published once the fill is stored, in order.
         """
         symbol = order.symbol
-        if await self._apply(self._broker.catch_up(order.client_order_id)):
+        self._deferred = [accepted]
+        try:
+            filled = await self._apply(self._broker.catch_up(order.client_order_id))
+        finally:
+            events, self._deferred = self._deferred, None
+        for event in events:
+            await self._publish(event)
+        if filled:
             await self._store.snapshot(account, {symbol: self._last_close[symbol]},
                                        self._last_bar[symbol])
+
+    async def _emit(self, event: dict[str, Any]) -> None:
+        """Publish an event, or hold it while a catch-up is being stored (`_catch_up`)."""
+        if self._deferred is not None:
+            self._deferred.append(event)
+        else:
+            await self._publish(event)
 
     def _route(self, order: Order, account: str, source: str) -> None:
         self._working[order.client_order_id] = (order, account)
@@ -227,7 +242,7 @@ class ExecutionEngine:
         if not result.applied:
             return 0
         assert result.position is not None
-        await self._publish({
+        await self._emit({
             "type": "fill", "account": account,
             "fill": {"fill_id": fill.fill_id, "client_order_id": fill.client_order_id,
                      "symbol": fill.symbol, "side": fill.side.value,
@@ -238,7 +253,7 @@ class ExecutionEngine:
                          "average_cost": str(result.position.average_cost),
                          "realized_pnl": str(result.position.realized_pnl)},
             "cash": str(result.cash), "order_open": order.is_open})
-        await self._publish({"type": "order", "order": order_view(order, account)})
+        await self._emit({"type": "order", "order": order_view(order, account)})
         return 1
 
     async def _end(self, expiry: Expiry) -> None:
@@ -248,7 +263,7 @@ class ExecutionEngine:
         order, account = entry
         event = order.transition(expiry.status, reason=expiry.reason, ts=expiry.ts)
         await self._store.transition(order, event)
-        await self._publish({"type": "order", "order": order_view(order, account)})
+        await self._emit({"type": "order", "order": order_view(order, account)})
 
     def open_order_ids(self) -> list[str]:
         return sorted(self._working)

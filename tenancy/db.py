@@ -10,29 +10,60 @@ Two kinds of unit of work, both one transaction that rolls back unless committed
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from tenancy.identifiers import quote_ident, tenant_schema
 from trading.errors import Unavailable
 
+PING_AFTER_IDLE_SECONDS = 0.5
+
 
 def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
-    """Create the async engine (asyncpg) for `url`."""
-    return create_async_engine(
+    """Create the async engine (asyncpg) for `url`, pinging connections that sat idle."""
+    engine = create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
         pool_recycle=1800,
         connect_args={"server_settings": {"application_name": "atp"}},
     )
+    _ping_when_idle(engine, PING_AFTER_IDLE_SECONDS)
+    return engine
+
+
+def _ping_when_idle(engine: AsyncEngine, after: float) -> None:
+    """Ping a pooled connection on checkout unless it was checked in less than `after` s ago.
+
+    SQLAlchemy's ``pool_pre_ping`` costs a round trip before every unit of work; on a busy
+    path (an order and its fill are two) that is a fifth of the statements. A connection
+    returned a moment ago was alive a moment ago, so it is handed out without a ping, as
+    HikariCP does within its 500 ms ``aliveBypassWindowMs``. One that fails the ping is
+    replaced (`DisconnectionError` makes the pool reconnect and retry).
+    """
+    sync = engine.sync_engine
+
+    @event.listens_for(sync, "checkin")
+    def _checked_in(_dbapi: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(sync, "checkout")
+    def _checked_out(dbapi: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < after:
+            return  # a new connection, or one in use a moment ago
+        try:
+            sync.dialect.do_ping(dbapi)
+        except Exception as exc:
+            raise DisconnectionError(f"the pooled connection is gone: {exc}") from exc
 
 
 @dataclass
