@@ -14,15 +14,17 @@ Every method is one tenant unit of work (the tenant's role and schema, see
 from __future__ import annotations
 
 import uuid
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tenancy.db import TenantScoped
+from tenancy.db import DriverWork, TenantScoped
 from trading.errors import NotFound
 from trading.orders import (
     Fill,
@@ -72,9 +74,57 @@ def order_from_row(row: Any) -> Order:
         fees=row.fees, created_at=row.created_at, triggered=row.triggered, reason=row.reason)
 
 
-class TradingStore(TenantScoped):
-    """Persistence of one tenant's trading state."""
+_LOCK_FOR_FILL = (
+    "WITH o AS (SELECT id FROM orders WHERE client_order_id = $1 FOR UPDATE),"
+    " p AS (SELECT quantity, average_cost, realized_pnl FROM positions"
+    " WHERE account = $2 AND symbol = $3 FOR UPDATE)"
+    " SELECT o.id, p.quantity, p.average_cost, p.realized_pnl FROM o LEFT JOIN p ON true")
 
+# $1 fill id, $2 order id, $3 account, $4 symbol, $5 side, $6 quantity, $7 price, $8 fee,
+# $9 at, $10 the order's new status, $11 its average fill price, $12/$13 the event's
+# from/to status, $14-$16 the position's quantity, average cost and realised P&L after,
+# $17 the cash flow (notional * sign + fee).
+_APPLY_FILL = (
+    "WITH f AS (INSERT INTO fills (fill_id, order_id, account, symbol, side, quantity, price,"
+    " fee, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+    " ON CONFLICT (fill_id) DO NOTHING RETURNING fill_id),"
+    " u AS (UPDATE orders SET status = $10, filled_quantity = filled_quantity + $6,"
+    " average_fill_price = $11, fees = fees + $8, updated_at = now(), version = version + 1"
+    " WHERE id = $2 AND EXISTS (SELECT FROM f)),"
+    " e AS (INSERT INTO order_events (order_id, from_status, to_status, at)"
+    " SELECT $2, $12::text, $13::text, $9 FROM f),"
+    " pos AS (INSERT INTO positions (account, symbol, quantity, average_cost, realized_pnl)"
+    " SELECT $3, $4, $14::numeric, $15::numeric, $16::numeric FROM f"
+    " ON CONFLICT (account, symbol) DO UPDATE SET quantity = EXCLUDED.quantity,"
+    " average_cost = EXCLUDED.average_cost, realized_pnl = EXCLUDED.realized_pnl,"
+    " updated_at = now())"
+    " UPDATE accounts SET cash = cash - $17, fees = fees + $8, updated_at = now()"
+    " WHERE account = $3 AND EXISTS (SELECT FROM f) RETURNING cash, fees")
+
+
+def _submit_sql(events: int) -> str:
+    """Insert an order (14 parameters) and, only when it is new, its `events` events."""
+    rows = ", ".join(f"({i}, ${15 + 3 * i}::text, ${16 + 3 * i}::text, ${17 + 3 * i}::timestamptz)"
+                     for i in range(events))
+    return (
+        "WITH o AS (INSERT INTO orders (id, client_order_id, account, bot_id, symbol, side, type,"
+        " quantity, limit_price, stop_price, time_in_force, status, source, created_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+        " ON CONFLICT (client_order_id) DO NOTHING RETURNING id),"
+        " e AS (INSERT INTO order_events (order_id, from_status, to_status, at)"
+        f" SELECT o.id, v.f, v.t, v.at FROM o, (VALUES {rows}) AS v(n, f, t, at) ORDER BY v.n)"
+        " SELECT id FROM o")
+
+
+class TradingStore(TenantScoped):
+    """Persistence of one tenant's trading state.
+
+    `submit` and `apply_fill`, the two writes of every bot order, run on the driver's
+    connection (`Database.tenant_driver`); the rest through SQLAlchemy.
+    """
+
+    def _driver(self) -> AbstractAsyncContextManager[DriverWork]:
+        return self._db.tenant_driver(self._tenant_id, self._slug)
 
     async def open_account(self, account: str, cash: Decimal) -> None:
         """Create a paper account with starting cash unless it exists."""
@@ -99,32 +149,24 @@ class TradingStore(TenantScoped):
             (None, OrderStatus.NEW, order.created_at)]
         if accepted is not None:
             events.append((accepted.from_status, accepted.to_status, accepted.ts))
-        rows = ", ".join(f"({i}, CAST(:f{i} AS text), CAST(:t{i} AS text), CAST(:at{i} AS timestamptz))"
-                         for i in range(len(events)))
-        params: dict[str, Any] = {
-            "id": uuid.uuid4(), "c": order.client_order_id, "a": account, "b": bot_id,
-            "s": order.symbol, "side": order.side.value, "t": order.type.value,
-            "q": order.quantity, "lp": order.limit_price, "sp": order.stop_price,
-            "tif": order.time_in_force.value, "st": order.status.value, "src": source,
-            "at": order.created_at}
-        for i, (from_status, to_status, at) in enumerate(events):
-            params |= {f"f{i}": from_status.value if from_status else None,
-                       f"t{i}": to_status.value, f"at{i}": at}
-        async with self._uow() as uow:
+        args: list[Any] = [
+            uuid.uuid4(), order.client_order_id, account, bot_id, order.symbol, order.side.value,
+            order.type.value, order.quantity, order.limit_price, order.stop_price,
+            order.time_in_force.value, order.status.value, source, order.created_at]
+        for from_status, to_status, at in events:
+            args += [from_status.value if from_status else None, to_status.value, at]
+        async with self._driver() as work:
             # One statement: the order and its events, or nothing when the id is known.
-            order_id = (await uow.conn.execute(text(
-                "WITH o AS (INSERT INTO orders (id, client_order_id, account, bot_id, symbol, side,"
-                " type, quantity, limit_price, stop_price, time_in_force, status, source,"
-                " created_at) VALUES (:id, :c, :a, :b, :s, :side, :t, :q, :lp, :sp, :tif, :st,"
-                " :src, :at) ON CONFLICT (client_order_id) DO NOTHING RETURNING id),"
-                " e AS (INSERT INTO order_events (order_id, from_status, to_status, at)"
-                f" SELECT o.id, v.f, v.t, v.at FROM o, (VALUES {rows}) AS v(n, f, t, at)"
-                " ORDER BY v.n)"
-                " SELECT id FROM o"), params)).scalar_one_or_none()
+            order_id = await work.conn.fetchval(_submit_sql(len(events)), *args)
             if order_id is None:
-                stored = await self._load(uow.conn, order.client_order_id)
-                return StoredOrder(stored[0], stored[1], stored[2], stored[3], created=False)
-            await uow.commit()
+                row = await work.conn.fetchrow(
+                    f"SELECT {_ORDER_COLUMNS} FROM orders WHERE client_order_id = $1",
+                    order.client_order_id)
+                if row is None:  # a duplicate deleted since: cannot happen within a transaction
+                    raise NotFound(f"no order {order.client_order_id}", field="client_order_id")
+                ns = SimpleNamespace(**row)
+                return StoredOrder(ns.id, order_from_row(ns), ns.account, ns.source, created=False)
+            await work.commit()
         return StoredOrder(order_id, order, account, source)
 
     async def transition(self, order: Order, event: OrderEvent) -> None:
@@ -151,52 +193,30 @@ class TradingStore(TenantScoped):
 
         `order` and `event` are the caller's state after `Order.apply_fill`.
         """
-        async with self._uow() as uow:
-            c = uow.conn
+        async with self._driver() as work:
+            c = work.conn
             # The order and the position are locked and read in one statement ...
-            row = (await c.execute(text(
-                "WITH o AS (SELECT id FROM orders WHERE client_order_id = :c FOR UPDATE),"
-                " p AS (SELECT quantity, average_cost, realized_pnl FROM positions"
-                " WHERE account = :a AND symbol = :s FOR UPDATE)"
-                " SELECT o.id, p.quantity, p.average_cost, p.realized_pnl FROM o LEFT JOIN p ON true"),
-                {"c": fill.client_order_id, "a": account, "s": fill.symbol})).first()
+            row = await c.fetchrow(_LOCK_FOR_FILL, fill.client_order_id, account, fill.symbol)
             if row is None:
                 raise NotFound(f"no order {fill.client_order_id}", field="client_order_id")
-            order_id = row.id
-            before = (Position(fill.symbol, row.quantity, row.average_cost, row.realized_pnl)
-                      if row.quantity is not None else Position(fill.symbol))
+            order_id = row["id"]
+            before = (Position(fill.symbol, row["quantity"], row["average_cost"],
+                               row["realized_pnl"])
+                      if row["quantity"] is not None else Position(fill.symbol))
             after = before.apply(fill.quantity * fill.side.sign, fill.price)
             # ... and changed in one: every part but the fill insert reads `f`, so a fill id
             # already stored changes nothing and returns no row.
-            changed = (await c.execute(text(
-                "WITH f AS (INSERT INTO fills (fill_id, order_id, account, symbol, side, quantity,"
-                " price, fee, at) VALUES (:f, :o, :a, :s, :side, :q, :p, :fee, :at)"
-                " ON CONFLICT (fill_id) DO NOTHING RETURNING fill_id),"
-                " u AS (UPDATE orders SET status = :st, filled_quantity = filled_quantity + :q,"
-                " average_fill_price = :avg, fees = fees + :fee, updated_at = now(),"
-                " version = version + 1 WHERE id = :o AND EXISTS (SELECT FROM f)),"
-                " e AS (INSERT INTO order_events (order_id, from_status, to_status, at)"
-                " SELECT CAST(:o AS uuid), CAST(:ef AS text), CAST(:et AS text),"
-                " CAST(:at AS timestamptz) FROM f),"
-                " pos AS (INSERT INTO positions (account, symbol, quantity, average_cost,"
-                " realized_pnl) SELECT CAST(:a AS text), CAST(:s AS text), CAST(:pq AS numeric),"
-                " CAST(:pavg AS numeric), CAST(:pr AS numeric) FROM f"
-                " ON CONFLICT (account, symbol) DO UPDATE SET quantity = EXCLUDED.quantity,"
-                " average_cost = EXCLUDED.average_cost, realized_pnl = EXCLUDED.realized_pnl,"
-                " updated_at = now())"
-                " UPDATE accounts SET cash = cash - :flow, fees = fees + :fee, updated_at = now()"
-                " WHERE account = :a AND EXISTS (SELECT FROM f) RETURNING cash, fees"),
-                {"f": fill.fill_id, "o": order_id, "a": account, "s": fill.symbol,
-                 "side": fill.side.value, "q": fill.quantity, "p": fill.price, "fee": fill.fee,
-                 "at": fill.ts, "st": order.status.value, "avg": order.average_fill_price,
-                 "ef": event.from_status.value if event.from_status else None,
-                 "et": event.to_status.value, "pq": after.quantity, "pavg": after.average_cost,
-                 "pr": after.realized_pnl, "flow": fill.notional * fill.side.sign + fill.fee}
-            )).first()
+            changed = await c.fetchrow(
+                _APPLY_FILL, fill.fill_id, order_id, account, fill.symbol, fill.side.value,
+                fill.quantity, fill.price, fill.fee, fill.ts, order.status.value,
+                order.average_fill_price,
+                event.from_status.value if event.from_status else None, event.to_status.value,
+                after.quantity, after.average_cost, after.realized_pnl,
+                fill.notional * fill.side.sign + fill.fee)
             if changed is None:
                 return FillResult(applied=False)
-            cash, fees = changed
-            await uow.commit()
+            cash, fees = changed["cash"], changed["fees"]
+            await work.commit()
         return FillResult(True, after, cash, fees)
 
     async def snapshot(self, account: str, prices: dict[str, Decimal], at: datetime) -> None:

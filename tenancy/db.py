@@ -17,6 +17,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -64,6 +65,22 @@ def _ping_when_idle(engine: AsyncEngine, after: float) -> None:
             sync.dialect.do_ping(dbapi)
         except Exception as exc:
             raise DisconnectionError(f"the pooled connection is gone: {exc}") from exc
+
+
+@dataclass
+class DriverWork:
+    """One tenant transaction on asyncpg's own connection (`Database.tenant_driver`).
+
+    Statements are asyncpg's (``$1`` parameters, prepared once per connection and cached);
+    call `commit()` to keep the writes, anything else rolls back.
+    """
+
+    conn: asyncpg.Connection
+    committed: bool = False
+
+    async def commit(self) -> None:
+        await self.conn.execute("COMMIT")
+        self.committed = True
 
 
 @dataclass
@@ -125,6 +142,39 @@ class Database:
                     await conn.rollback()
 
     @asynccontextmanager
+    async def tenant_driver(self, tenant_id: uuid.UUID, slug: str) -> AsyncIterator[DriverWork]:
+        """`tenant`'s transaction, confined the same way, on the driver's connection.
+
+        For the trading hot path (an order, a fill): ``BEGIN`` and the three settings go
+        in one round trip (the simple query protocol takes several statements; the values
+        are literals of a validated role name and a parsed UUID), and each statement skips
+        SQLAlchemy's layer. Used where a few statements run per transaction, many times
+        a second; everything else uses `tenant`.
+        """
+        role = tenant_schema(slug)
+        begin = ("BEGIN; SELECT set_config('role', " + _literal(role) + ", true),"
+                 " set_config('search_path', " + _literal(quote_ident(role)) + ", true),"
+                 " set_config('atp.tenant_id', " + _literal(str(uuid.UUID(str(tenant_id))))
+                 + ", true)")
+        async with self._connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")  # no BEGIN of its own
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None
+            work = DriverWork(raw)
+            try:
+                await raw.execute(begin)
+                yield work
+            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+                raise Unavailable("the database connection failed",
+                                  code="database_unavailable") from exc
+            finally:
+                if not work.committed:
+                    try:
+                        await raw.execute("ROLLBACK")
+                    except Exception:  # never hand a connection in an unknown state back
+                        await conn.invalidate()
+
+    @asynccontextmanager
     async def _connect(self) -> AsyncIterator[AsyncConnection]:
         conn = self.engine.connect()
         try:
@@ -142,6 +192,11 @@ class Database:
         async with self._connect() as conn:
             await conn.execute(text("SELECT 1"))
             await conn.rollback()
+
+
+def _literal(value: str) -> str:
+    """A SQL string literal (for values already validated: a role name, a UUID)."""
+    return "'" + value.replace("'", "''") + "'"
 
 
 @asynccontextmanager

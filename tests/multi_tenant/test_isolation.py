@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncpg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, ProgrammingError
@@ -96,3 +97,50 @@ async def test_tenant_data_is_separate(db: Database, make_tenant: TenantFactory)
     async with db.tenant(b.tenant.id, b.tenant.slug) as uow:
         names = (await uow.conn.execute(text("SELECT name FROM secrets"))).scalars().all()
         assert "only-a" not in names
+
+
+async def test_the_driver_transaction_is_confined_like_the_tenant_unit_of_work(
+        db: Database, make_tenant: TenantFactory) -> None:
+    """`Database.tenant_driver` (the trading hot path) sets the same role, path and tenant id."""
+    a, b = await make_tenant(), await make_tenant()
+    async with db.platform() as uow:
+        await audit.record(uow.conn, b.tenant.id, actor="test", action="b.only")
+        await uow.commit()
+    async with db.tenant_driver(a.tenant.id, a.tenant.slug) as work:
+        who, path, tid = await work.conn.fetchrow(
+            "SELECT current_user, current_setting('search_path'),"
+            " current_setting('atp.tenant_id')")
+        assert (who, path, tid) == (tenant_schema(a.tenant.slug),
+                                    f'"{tenant_schema(a.tenant.slug)}"', str(a.tenant.id))
+        await work.conn.fetchval("SELECT count(*) FROM secrets")  # own table, unqualified
+        tenants = await work.conn.fetch("SELECT DISTINCT tenant_id FROM platform.audit_log")
+        assert [r[0] for r in tenants] == [a.tenant.id]  # row-level security applies
+    for sql in (f"SELECT * FROM {tenant_schema(b.tenant.slug)}.secrets",
+                "SELECT * FROM platform.tenants", "CREATE TABLE sneaky (id int)"):
+        with pytest.raises(asyncpg.PostgresError) as info:
+            async with db.tenant_driver(a.tenant.id, a.tenant.slug) as work:
+                await work.conn.fetch(sql)
+        assert _denied(info.value), sql
+
+
+async def test_a_driver_transaction_left_uncommitted_or_failed_writes_nothing(
+        db: Database, make_tenant: TenantFactory) -> None:
+    a = await make_tenant()
+    slug = a.tenant.slug
+    insert = ("INSERT INTO accounts (account, cash) VALUES ($1, 1)")
+    async with db.tenant_driver(a.tenant.id, slug) as work:
+        await work.conn.execute(insert, "manual")  # never committed
+    with pytest.raises(asyncpg.UniqueViolationError):
+        async with db.tenant_driver(a.tenant.id, slug) as work:
+            await work.conn.execute(insert, "agent:x")
+            await work.conn.execute(insert, "agent:x")
+    async with db.tenant_driver(a.tenant.id, slug) as work:  # the connections are fine again
+        assert await work.conn.fetchval("SELECT count(*) FROM accounts") == 0
+        await work.conn.execute(insert, "agent:y")
+        await work.commit()
+    async with db.tenant(a.tenant.id, slug) as uow:
+        rows = (await uow.conn.execute(text("SELECT account FROM accounts"))).scalars().all()
+    assert rows == ["agent:y"]
+    async with db.platform() as uow:  # a platform unit of work on the pool is itself again
+        assert (await uow.conn.execute(text("SELECT current_user"))).scalar_one() != \
+            tenant_schema(slug)
