@@ -1,5 +1,7 @@
 """Shared market data in schema `market`: instruments, and bars partitioned by month.
 
+(Or a TimescaleDB hypertable, where the server has that extension: master revision m0006.)
+
 Plain async functions, no Ray. Writers take the `Database` and open one platform unit of
 work each (tenants may read market data, never write it); readers take a connection, so
 they work inside a platform or a tenant unit of work alike (tenants have SELECT on
@@ -7,7 +9,8 @@ they work inside a platform or a tenant unit of work alike (tenants have SELECT 
 
 Bars go through `write_bars`, which first creates the monthly partition of every month in
 the batch (`market.ensure_bar_partition`): a bar inserted before its month's partition
-exists would land in the default partition and later block creating that partition.
+exists would land in the default partition and later block creating that partition. On
+a hypertable there are no partitions to make.
 """
 
 from __future__ import annotations
@@ -113,9 +116,10 @@ async def list_instruments(conn: AsyncConnection, symbols: Sequence[str] | None 
 
 async def _ensure_partitions(conn: AsyncConnection, months: Iterable[datetime]) -> None:
     by_name = {partition_name(m): m for m in months}
-    missing = (await conn.execute(text(
+    missing = (await conn.execute(text(  # none on a hypertable (master revision m0006)
         "SELECT n FROM unnest(CAST(:names AS text[])) AS n"
-        " WHERE to_regclass('market.' || n) IS NULL ORDER BY n"),
+        " WHERE to_regclass('market.' || n) IS NULL AND EXISTS (SELECT FROM"
+        " pg_partitioned_table WHERE partrelid = 'market.bars'::regclass) ORDER BY n"),
         {"names": list(by_name)})).scalars().all()
     if not missing:
         return
@@ -125,12 +129,20 @@ async def _ensure_partitions(conn: AsyncConnection, months: Iterable[datetime]) 
 
 
 async def write_bars(db: Database, bars: Sequence[Bar]) -> int:
-    """Store `bars` in one platform transaction; return how many rows were new.
+    """Store `bars` in one platform transaction; return how many rows were new (`insert_bars`)."""
+    async with db.platform() as uow:
+        inserted = await insert_bars(uow.conn, bars)
+        await uow.commit()
+    return inserted
 
-    The partitions of every month present are created first, then one multi-row insert
-    skips bars already stored (same symbol and ts), so a batch may be written again
-    safely. A symbol missing from `market.instruments` raises `Invalid` (field
-    ``"symbol"``) and writes nothing.
+
+async def insert_bars(conn: AsyncConnection, bars: Sequence[Bar]) -> int:
+    """Insert `bars` on a platform connection; return how many rows were new.
+
+    The partitions of every month present are created first (where `market.bars` is
+    partitioned), then one multi-row insert skips bars already stored (same symbol and
+    ts), so a batch may be written again safely. A symbol missing from
+    `market.instruments` raises `Invalid` (field ``"symbol"``) and inserts nothing.
     """
     unique: dict[tuple[str, datetime], Bar] = {}
     for bar in bars:
@@ -141,22 +153,19 @@ async def write_bars(db: Database, bars: Sequence[Bar]) -> int:
         return 0
     rows = list(unique.values())
     symbols = sorted({b.symbol for b in rows})
-    async with db.platform() as uow:
-        conn = uow.conn
-        known = set((await conn.execute(text(
-            "SELECT symbol FROM market.instruments WHERE symbol = ANY(CAST(:s AS text[]))"),
-            {"s": symbols})).scalars().all())
-        unknown = [s for s in symbols if s not in known]
-        if unknown:
-            raise Invalid(f"unknown symbol(s): {', '.join(unknown[:10])}", field="symbol",
-                          code="unknown_symbol")
-        await _ensure_partitions(conn, {month_of(b.ts) for b in rows})
-        inserted = (await conn.execute(_INSERT_BARS, {
-            "symbol": [b.symbol for b in rows], "ts": [b.ts for b in rows],
-            "open": [b.open for b in rows], "high": [b.high for b in rows],
-            "low": [b.low for b in rows], "close": [b.close for b in rows],
-            "volume": [b.volume for b in rows]})).scalar_one()
-        await uow.commit()
+    known = set((await conn.execute(text(
+        "SELECT symbol FROM market.instruments WHERE symbol = ANY(CAST(:s AS text[]))"),
+        {"s": symbols})).scalars().all())
+    unknown = [s for s in symbols if s not in known]
+    if unknown:
+        raise Invalid(f"unknown symbol(s): {', '.join(unknown[:10])}", field="symbol",
+                      code="unknown_symbol")
+    await _ensure_partitions(conn, {month_of(b.ts) for b in rows})
+    inserted = (await conn.execute(_INSERT_BARS, {
+        "symbol": [b.symbol for b in rows], "ts": [b.ts for b in rows],
+        "open": [b.open for b in rows], "high": [b.high for b in rows],
+        "low": [b.low for b in rows], "close": [b.close for b in rows],
+        "volume": [b.volume for b in rows]})).scalar_one()
     return int(inserted)
 
 

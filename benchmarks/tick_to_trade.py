@@ -2,25 +2,29 @@
 
 What is timed. The paper broker fills a market order at the open of the first bar of its
 symbol whose ``ts`` is strictly after the order's submission (no look-ahead), so the bar
-that makes a strategy decide is not meant to fill its own order: a fill needs the next bar. One
-sample is therefore two bars, k and k+1, published one at a time through the market-feed
-actor (``MarketFeed.publish``: the bar is written to ``market.bars``, then pushed to the
-subscribers), and three intervals are measured in the driver with one clock:
+that makes a strategy decide (k) does not fill its own order: bar k+1 does. Execution
+gets bars straight from the feed and orders through strategy → risk, so k+1 may reach it
+before or after the order; both cases are timed, alternating, one sample each per pair:
 
-* decision: ``publish(bar k)`` is called → the bot's order exists in the tenant schema as
-  ACCEPTED (committed). Path: driver → feed (bar written to PostgreSQL) → strategy actor
-  (the strategy decides) → risk actor (pre-trade check) → execution actor (order written
-  NEW, ACCEPTED stored, order handed to the paper broker).
-* fill: ``publish(bar k+1)``, called as soon as the order is seen ACCEPTED → the fill row
-  exists in the tenant's ``fills`` table (committed with the order, position and cash
-  changes). Path: driver → feed (bar written) → execution actor → broker → fill stored.
-* total ("bar publication → persisted fill", the goal's figure): ``publish(bar k)`` is
-  called → the fill row exists. Measured directly; it is not the sum of the two legs (it
-  also holds the moment between seeing ACCEPTED and calling ``publish(bar k+1)``).
+* one batch: the feed publishes k and k+1 together (as its loop does when bars fall due
+  together). Execution holds k+1 when the order arrives and fills it at once
+  (`PaperBroker.catch_up`). Timed: the feed publishes → the fill row is committed. Path:
+  feed → strategy (decides on k) → risk (pre-trade check) → execution (order written NEW
+  and ACCEPTED in one transaction; the broker fills it at k+1's open; fill, order,
+  position and cash in a second transaction). This is bar publication → persisted fill
+  through strategy → risk → execution: **the goal's figure**.
+* in turn: the feed publishes k alone; once the order is seen ACCEPTED the driver has
+  the feed publish k+1. Timed: decision (k published → order ACCEPTED committed, through
+  strategy → risk → execution), fill (k+1 published → fill row: feed → execution), and
+  both in turn (k published → fill row), which also holds the driver's wait between the
+  two publications.
 
-The goal is p50(total) <= 2 x p50(bare chain); the ratios of the decision and fill legs to
-the bare chain are printed too. The publish call's own time (``await feed.publish``:
-bar written, pushes sent) is printed for reference; it is inside both legs.
+"Published" is the moment the feed actor starts pushing the batch to its subscribers:
+the feed is `TimedFeed`, the platform's `MarketFeed` under its usual name (the supervisor
+subscribes the bot to it) noting ``time.perf_counter()`` there, which is CLOCK_MONOTONIC,
+one clock for every process on the machine. The driver's call into the feed stands in for
+the feed's own source loop (`FeedCore.run`), which has no such hop; it is printed
+apart, and so is the one-batch figure measured from the driver's call.
 
 Nothing is subtracted. "Exists in PostgreSQL" is detected in one of two ways
 (``--detect``): ``notify`` (default) adds, in this benchmark's own database only, two
@@ -31,8 +35,7 @@ notification is delivered only after the writer's commit, and the trigger adds o
 function call to those transactions. ``poll`` instead runs a tight loop of one indexed
 SELECT after another on the tenant table (no triggers, but the loop takes CPU from the
 actors on a 2-core machine). Each fill's ``at`` (the filling bar's ts) is checked: a
-sample whose order was filled by bar k itself (possible only if bar k reached the
-execution actor after the order did) is left out and counted.
+sample whose order was filled by bar k itself would be left out and counted.
 
 The bot. One tenant (``bt-00``), one bot started through ``actors.supervisor.start_bot``
 (the platform's own path: quota admission, risk and execution actors, feed subscription):
@@ -49,7 +52,7 @@ wall-clock submission time.
 Baseline, same run: three tiny async actors A → B → C, each awaiting the next with the
 same payload (a list holding the same one Bar); C returns its length. Measured from the
 driver end to end, once before every tick-to-trade sample (interleaved, so that noise on
-this shared machine falls on both alike), same number of samples and warm-up.
+this shared machine falls on both alike); the goal is p50(one batch) <= 2 x p50(bare chain).
 
 Throughput: 10 tenants (``bt-00`` … ``bt-09``, plan "professional") x 2 bots (sma_crossover
 5/20 on BTC-USD and on ETH-USD, num_cpus 0.1 each), all started through the supervisor,
