@@ -44,8 +44,8 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
 def _ping_when_idle(engine: AsyncEngine, after: float) -> None:
     """Ping a pooled connection on checkout unless it was checked in less than `after` s ago.
 
-    SQLAlchemy's ``pool_pre_ping`` costs a round trip before every unit of work; on a busy
-    path (an order and its fill are two) that is a fifth of the statements. A connection
+    SQLAlchemy's ``pool_pre_ping`` costs a round trip before every unit of work, which on
+    a busy path (an order and its fill are two units) is one in four or five. A connection
     returned a moment ago was alive a moment ago, so it is handed out without a ping, as
     HikariCP does within its 500 ms ``aliveBypassWindowMs``. One that fails the ping is
     replaced (`DisconnectionError` makes the pool reconnect and retry).
@@ -130,8 +130,8 @@ class Database:
             await conn.begin()
             try:
                 # set_config(..., true) is SET LOCAL (``role`` included: the same membership
-                # check as SET ROLE); one round trip for the three settings. The role is set
-                # first: the arguments of a select list are evaluated left to right.
+                # check as SET ROLE); one round trip for the three settings, none of which
+                # depends on another.
                 await conn.execute(
                     text("SELECT set_config('role', :r, true), set_config('search_path', :p, true),"
                          " set_config('atp.tenant_id', :t, true)"),
