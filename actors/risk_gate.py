@@ -11,6 +11,7 @@ tenant's ``risk_settings`` row, so a restarted gate resumes where it was.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections import defaultdict
@@ -61,6 +62,7 @@ class RiskGate:
         self._positions: dict[str, dict[str, Decimal]] = defaultdict(dict)
         self._cash: dict[str, Decimal] = {}
         self._last: dict[str, Decimal] = {}
+        self._account_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     @property
     def state(self) -> TradingState:
@@ -114,12 +116,22 @@ class RiskGate:
     async def submit(self, order: Order, *, account: str, source: str,
                      bot_id: str | None = None, last_price: Decimal | None = None
                      ) -> dict[str, Any]:
-        """Check an order; route it to execution, or have it stored as rejected."""
+        """Check an order; route it to execution, or have it stored as rejected.
+
+        Under a `max_open_orders` limit, the count, the check and the routing of one
+        account's orders run one at a time: orders sent at once cannot all pass on the
+        same count.
+        """
         if last_price is not None:
             self._last[order.symbol] = last_price
-        open_orders = 0
-        if self._engine.limits.max_open_orders is not None:
+        if self._engine.limits.max_open_orders is None:
+            return await self._decide(order, account, source, bot_id, open_orders=0)
+        async with self._account_locks[account]:
             open_orders = await self._execution.open_count(account)
+            return await self._decide(order, account, source, bot_id, open_orders=open_orders)
+
+    async def _decide(self, order: Order, account: str, source: str, bot_id: str | None, *,
+                      open_orders: int) -> dict[str, Any]:
         decision = self._engine.check(
             order, position=self._positions[account].get(order.symbol, Decimal(0)),
             gross_exposure=self._gross(), open_orders=open_orders,

@@ -209,3 +209,22 @@ async def test_new_limits_apply_to_a_running_risk_gate(http: httpx.AsyncClient, 
     refused = await http.post("/v1/orders", json={**body, "client_order_id": "l-2"}, headers=key)
     assert refused.status_code == 409
     assert refused.json()["error"]["code"] == "max_order_notional"
+
+
+async def test_max_open_orders_holds_for_orders_sent_at_once(http: httpx.AsyncClient, feed: Any,
+                                                              make_tenant: TenantFactory) -> None:
+    t = await make_tenant()
+    key = bearer(t.api_key)
+    put = await http.put("/v1/risk", json={"limits": {"max_open_orders": 2}}, headers=key)
+    assert put.status_code == 200, put.text
+    body = {"symbol": "BTC-USD", "side": "buy", "type": "limit", "quantity": "0.01",
+            "limit_price": "100"}  # far below the market: they stay open
+    replies = await asyncio.gather(*(
+        http.post("/v1/orders", json={**body, "client_order_id": f"burst-{i}"}, headers=key)
+        for i in range(6)))
+    codes = sorted(r.status_code for r in replies)
+    assert codes == [201, 201, 409, 409, 409, 409], [r.text for r in replies]
+    assert {r.json()["error"]["code"] for r in replies if r.status_code == 409} == \
+        {"max_open_orders"}
+    open_ = (await http.get("/v1/orders", params={"status": "accepted"}, headers=key)).json()
+    assert len(open_) == 2
