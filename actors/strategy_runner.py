@@ -179,6 +179,7 @@ class StrategyRunner:
         self.error: str | None = None
         self.started = False
         self.bars_seen = 0
+        self._unconfirmed: dict[str, Order] = {}  # sent, but the send raised: sent again
 
     def start(self) -> None:
         self._guard(lambda: self.strategy.on_start(self.ctx))
@@ -194,6 +195,8 @@ class StrategyRunner:
                 continue
             self.ctx.begin_bar(bar)
             self.bars_seen += 1
+            if self._unconfirmed:
+                sent += await self._resend()
             if self._scores is not None:
                 await self._score(self._scores, bar)
                 if self.error is not None:
@@ -219,21 +222,55 @@ class StrategyRunner:
             if self._cancel is None:
                 self.ctx.log(f"cancel of {cid} not sent: this runner cannot cancel")
                 continue
-            reply = await self._cancel(cid)
+            try:
+                reply = await self._cancel(cid)
+            except Exception as exc:  # the order stays open in the bot's view; it may ask again
+                self.ctx.log(f"cancel of {cid} failed: {type(exc).__name__}: {exc}"[:500])
+                continue
             if not _still_open(reply):
+                self._unconfirmed.pop(cid, None)
                 self.ctx.order_done(cid)
         sent = 0
         for order in self.ctx.take_pending():
-            reply = await self._send(order, last)
             sent += 1
-            if not _still_open(reply):
-                self.ctx.order_done(order.client_order_id)
+            await self._submit(order, last)
         return sent
+
+    async def _submit(self, order: Order, last: Decimal | None) -> None:
+        """Send one order through risk; a send that raises leaves it open, to be sent again.
+
+        A failed call (risk or the database unreachable) does not say whether the order
+        was stored, so it stays open in the bot's view and goes again, with the same client
+        order id, before the strategy's next bar: the store answers with the order it
+        holds or writes it then. Until an answer comes the bot's strategies see the order
+        open (the built-ins then place nothing more for its symbol).
+        """
+        cid = order.client_order_id
+        try:
+            reply = await self._send(order, last)
+        except Exception as exc:
+            if cid not in self._unconfirmed:
+                self.ctx.log(f"order {cid} not confirmed, sent again on the next bar:"
+                             f" {type(exc).__name__}: {exc}"[:500])
+                log.warning("order %s not confirmed: %r", cid, exc)
+            self._unconfirmed[cid] = order
+            return
+        self._unconfirmed.pop(cid, None)
+        if not _still_open(reply):
+            self.ctx.order_done(cid)
+
+    async def _resend(self) -> int:
+        """Send the unconfirmed orders again (oldest first); return how many were sent."""
+        orders = list(self._unconfirmed.values())
+        for order in orders:
+            await self._submit(order, self.ctx.last_price(order.symbol))
+        return len(orders)
 
     async def on_fill(self, fill: Fill, position: Decimal, cash: Decimal,
                       order_open: bool) -> int:
         """Apply a stored fill, run the strategy's `on_fill`, send what it asked for."""
         self.ctx.apply_fill(fill, position, cash)
+        self._unconfirmed.pop(fill.client_order_id, None)  # it was stored after all
         if not order_open:
             self.ctx.order_done(fill.client_order_id)
         self._guard(lambda: self.strategy.on_fill(self.ctx, fill))

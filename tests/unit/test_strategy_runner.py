@@ -172,3 +172,50 @@ async def test_orders_of_several_symbols_at_one_bar_time_get_distinct_ids() -> N
     r2.start()
     await r2.on_bars(both)
     assert [o.client_order_id for o, _ in gate2.orders] == ids
+
+
+class FlakyGate(FakeGate):
+    """Raises on the first `failures` sends (the order is not stored), then answers."""
+
+    def __init__(self, failures: int, status: str = "filled") -> None:
+        super().__init__()
+        self.failures = failures
+        self.status = status
+
+    async def send(self, order: Order, last: Decimal | None) -> dict[str, Any]:
+        self.orders.append((order, last))
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("risk is unreachable")
+        return {"status": self.status, "client_order_id": order.client_order_id}
+
+
+async def test_an_order_whose_send_raised_stays_open_and_goes_again_with_its_id() -> None:
+    gate = FlakyGate(failures=2)
+    r = runner(gate)
+    assert await r.on_bars(bars([100, 99, 98, 97, 110])) == 1  # the buy signal; the send raised
+    [(order, _)] = gate.orders
+    cid = order.client_order_id
+    assert r.ctx.open_orders("BTC-USD") == [cid] and r.error is None
+    assert any("not confirmed" in line for line in r.ctx.logs)
+    await r.on_bars(bars([111], start=5))  # sent again before the hook; raises again
+    await r.on_bars(bars([112], start=6))  # and again: answered, filled
+    assert [o.client_order_id for o, _ in gate.orders] == [cid, cid, cid]
+    assert [last for _, last in gate.orders][1:] == [Decimal(111), Decimal(112)]
+    assert r.ctx.open_orders() == []
+    await r.on_bars(bars([113], start=7))
+    assert len(gate.orders) == 3  # confirmed: not sent again
+
+
+async def test_an_unconfirmed_order_that_fills_is_confirmed_by_its_fill() -> None:
+    from trading.orders import Fill, Side
+
+    gate = FlakyGate(failures=1)
+    r = runner(gate)
+    await r.on_bars(bars([100, 99, 98, 97, 110]))
+    cid = gate.orders[0][0].client_order_id
+    fill = Fill(f"{cid}:1", cid, "BTC-USD", Side.BUY, Decimal(1), Decimal(111), Decimal(0),
+                T0 + timedelta(minutes=5))
+    await r.on_fill(fill, Decimal(1), Decimal(9_889), order_open=False)  # it was stored
+    await r.on_bars(bars([111], start=5))
+    assert len(gate.orders) == 1 and r.ctx.open_orders() == []
