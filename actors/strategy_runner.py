@@ -248,6 +248,11 @@ class StrategyRunner:
         cid = order.client_order_id
         try:
             reply = await self._send(order, last)
+        except (Invalid, NotFound, Conflict) as exc:  # a definite answer: refused, not stored
+            self._unconfirmed.pop(cid, None)
+            self.ctx.order_done(cid)
+            self.ctx.log(f"order {cid} refused: {exc.code}: {exc.message}"[:500])
+            return
         except Exception as exc:
             if cid not in self._unconfirmed:
                 self.ctx.log(f"order {cid} not confirmed, sent again on the next bar:"

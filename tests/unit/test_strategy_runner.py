@@ -219,3 +219,19 @@ async def test_an_unconfirmed_order_that_fills_is_confirmed_by_its_fill() -> Non
     await r.on_fill(fill, Decimal(1), Decimal(9_889), order_open=False)  # it was stored
     await r.on_bars(bars([111], start=5))
     assert len(gate.orders) == 1 and r.ctx.open_orders() == []
+
+
+async def test_an_order_refused_with_a_definite_error_is_not_sent_again() -> None:
+    from trading.errors import Invalid
+
+    class RefusingGate(FakeGate):
+        async def send(self, order: Order, last: Decimal | None) -> dict[str, Any]:
+            self.orders.append((order, last))
+            raise Invalid("quantity is below the lot size", field="quantity")
+
+    gate = RefusingGate()
+    r = runner(gate)
+    await r.on_bars(bars([100, 99, 98, 97, 110]))
+    await r.on_bars(bars([111], start=5))
+    assert len(gate.orders) == 1 and r.ctx.open_orders() == []
+    assert any("refused: invalid" in line for line in r.ctx.logs), list(r.ctx.logs)
