@@ -65,10 +65,8 @@ class ExecutionEngine:
         self._instruments = instruments
         self._publish = publish or _no_publish
         self._working: dict[str, tuple[Order, str]] = {}  # open orders: (order, account)
-        self._last_bar: dict[str, datetime] = {}  # the latest bar time seen per symbol
-        self._last_close: dict[str, Decimal] = {}  # and that bar's close
+        self._last_bar: dict[str, Bar] = {}  # the latest bar seen per symbol
         self._lock = asyncio.Lock()  # one mutation of broker and store state at a time
-        self._deferred: list[dict[str, Any]] | None = None  # events held during a catch-up
 
     async def start(self) -> None:
         """Learn the instruments, then rebuild the broker's book from the store."""
@@ -139,23 +137,17 @@ class ExecutionEngine:
         not at the next bar to arrive (`PaperBroker.catch_up`). The events (`accepted`
         first) are published once the fill is stored, in order.
         """
-        symbol = order.symbol
-        self._deferred = [accepted]
+        events = [accepted]
         try:
-            filled = await self._apply(self._broker.catch_up(order.client_order_id))
-        finally:
-            events, self._deferred = self._deferred, None
-        for event in events:
-            await self._publish(event)
+            filled = await self._apply(self._broker.catch_up(order.client_order_id), events)
+        finally:  # what was stored is told, even if a later write failed
+            await self._publish_all(events)
         if filled:
-            await self._store.snapshot(account, {symbol: self._last_close[symbol]},
-                                       self._last_bar[symbol])
+            bar = self._last_bar[order.symbol]
+            await self._store.snapshot(account, {bar.symbol: bar.close}, bar.ts)
 
-    async def _emit(self, event: dict[str, Any]) -> None:
-        """Publish an event, or hold it while a catch-up is being stored (`_catch_up`)."""
-        if self._deferred is not None:
-            self._deferred.append(event)
-        else:
+    async def _publish_all(self, events: Iterable[dict[str, Any]]) -> None:
+        for event in events:
             await self._publish(event)
 
     def _route(self, order: Order, account: str, source: str) -> None:
@@ -170,7 +162,8 @@ class ExecutionEngine:
         """
         if source == "bot":
             return order.created_at
-        return self._last_bar.get(order.symbol, datetime.now(UTC))
+        last = self._last_bar.get(order.symbol)
+        return last.ts if last is not None else datetime.now(UTC)
 
     def open_count(self, account: str) -> int:
         """Open orders of one account (for the max_open_orders rule)."""
@@ -185,7 +178,9 @@ class ExecutionEngine:
             expiry = self._broker.cancel(client_order_id, datetime.now(UTC))
             order, account = self._working[client_order_id]
             if expiry is not None:
-                await self._end(expiry)
+                events: list[dict[str, Any]] = []
+                await self._end(expiry, events)  # one event, added once the change is stored
+                await self._publish_all(events)
             return order_view(order, account)
 
     async def cancel_all(self) -> int:
@@ -201,36 +196,42 @@ class ExecutionEngine:
         traded: dict[str, int] = {}
         closes: dict[str, Decimal] = {}
         last: datetime | None = None
+        events: list[dict[str, Any]] = []
         async with self._lock:
-            for bar in bars:
-                if bar.ts >= self._last_bar.get(bar.symbol, bar.ts):
-                    self._last_bar[bar.symbol] = bar.ts
-                    self._last_close[bar.symbol] = bar.close
-                closes[bar.symbol] = bar.close
-                last = bar.ts if last is None else max(last, bar.ts)
-                for account, n in (await self._apply(self._broker.on_bar(bar))).items():
-                    traded[account] = traded.get(account, 0) + n
-                    fills += n
+            try:
+                for bar in bars:
+                    seen = self._last_bar.get(bar.symbol)
+                    if seen is None or bar.ts >= seen.ts:
+                        self._last_bar[bar.symbol] = bar
+                    closes[bar.symbol] = bar.close
+                    last = bar.ts if last is None else max(last, bar.ts)
+                    for account, n in (await self._apply(self._broker.on_bar(bar), events)).items():
+                        traded[account] = traded.get(account, 0) + n
+                        fills += n
+            finally:  # what was stored is told, even if a later write failed
+                await self._publish_all(events)
         # One P&L snapshot per account that traded in this batch, marked at the closes.
         for account in sorted(traded):
             assert last is not None
             await self._store.snapshot(account, closes, last)
         return fills
 
-    async def _apply(self, updates: Iterable[Fill | Expiry]) -> dict[str, int]:
-        """Store the broker's fills and expiries; return the fills applied per account."""
+    async def _apply(self, updates: Iterable[Fill | Expiry], events: list[dict[str, Any]]
+                     ) -> dict[str, int]:
+        """Store the broker's fills and expiries, adding their events to `events` (published
+        by the caller once all are stored); return the fills applied per account."""
         traded: dict[str, int] = {}
         for update in updates:
             if isinstance(update, Fill):
                 entry = self._working.get(update.client_order_id)
                 account = entry[1] if entry else ""
-                if await self._fill(update):
+                if await self._fill(update, events):
                     traded[account] = traded.get(account, 0) + 1
             else:
-                await self._end(update)
+                await self._end(update, events)
         return traded
 
-    async def _fill(self, fill: Fill) -> int:
+    async def _fill(self, fill: Fill, events: list[dict[str, Any]]) -> int:
         entry = self._working.get(fill.client_order_id)
         if entry is None:
             raise NotFound(f"fill for unknown order {fill.client_order_id}")
@@ -242,7 +243,7 @@ class ExecutionEngine:
         if not result.applied:
             return 0
         assert result.position is not None
-        await self._emit({
+        events.append({
             "type": "fill", "account": account,
             "fill": {"fill_id": fill.fill_id, "client_order_id": fill.client_order_id,
                      "symbol": fill.symbol, "side": fill.side.value,
@@ -253,17 +254,17 @@ class ExecutionEngine:
                          "average_cost": str(result.position.average_cost),
                          "realized_pnl": str(result.position.realized_pnl)},
             "cash": str(result.cash), "order_open": order.is_open})
-        await self._emit({"type": "order", "order": order_view(order, account)})
+        events.append({"type": "order", "order": order_view(order, account)})
         return 1
 
-    async def _end(self, expiry: Expiry) -> None:
+    async def _end(self, expiry: Expiry, events: list[dict[str, Any]]) -> None:
         entry = self._working.pop(expiry.client_order_id, None)
         if entry is None:
             return
         order, account = entry
         event = order.transition(expiry.status, reason=expiry.reason, ts=expiry.ts)
         await self._store.transition(order, event)
-        await self._emit({"type": "order", "order": order_view(order, account)})
+        events.append({"type": "order", "order": order_view(order, account)})
 
     def open_order_ids(self) -> list[str]:
         return sorted(self._working)

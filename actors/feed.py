@@ -476,6 +476,14 @@ class MarketFeed:
         return self.core.stats()
 
 
+def feed_actor_options(settings: Settings, name: str = FEED_NAME,
+                       namespace: str = FEED_NAMESPACE) -> dict[str, Any]:
+    """The Ray options of the feed actor: detached, restarted forever, on the system nodes."""
+    return {"name": name, "namespace": namespace, "lifetime": "detached", "get_if_exists": True,
+            "num_cpus": 0, "max_restarts": -1, "max_concurrency": 1000,
+            "resources": settings.system_resources or None}
+
+
 def get_or_create_feed(settings: Settings, *, name: str = FEED_NAME,
                        namespace: str = FEED_NAMESPACE, **options: Any) -> Any:
     """The feed actor's handle, creating it (detached, restarted forever) when absent.
@@ -489,9 +497,7 @@ def get_or_create_feed(settings: Settings, *, name: str = FEED_NAME,
         raise Unavailable("Ray is not initialised", code="ray_unavailable")
     autostart = bool(options.pop("autostart", False))
     opts = feed_options(**options)  # refuse bad options here, not in a dying actor
-    actor = ray.remote(MarketFeed).options(
-        name=name, namespace=namespace, lifetime="detached", get_if_exists=True,
-        num_cpus=0, max_restarts=-1, max_concurrency=1000, resources=settings.system_resources or None)
+    actor = ray.remote(MarketFeed).options(**feed_actor_options(settings, name, namespace))
     return actor.remote(settings, seed=opts.seed, symbols=list(opts.symbols),
                         interval=opts.interval.total_seconds(), speed=opts.speed,
                         batch_size=opts.batch_size, autostart=autostart)

@@ -13,12 +13,12 @@ Every method is one tenant unit of work (the tenant's role and schema, see
 
 from __future__ import annotations
 
+import functools
 import uuid
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import text
@@ -102,6 +102,7 @@ _APPLY_FILL = (
     " WHERE account = $3 AND EXISTS (SELECT FROM f) RETURNING cash, fees")
 
 
+@functools.cache
 def _submit_sql(events: int) -> str:
     """Insert an order (14 parameters) and, only when it is new, its `events` events."""
     rows = ", ".join(f"({i}, ${15 + 3 * i}::text, ${16 + 3 * i}::text, ${17 + 3 * i}::timestamptz)"
@@ -158,15 +159,10 @@ class TradingStore(TenantScoped):
         async with self._driver() as work:
             # One statement: the order and its events, or nothing when the id is known.
             order_id = await work.conn.fetchval(_submit_sql(len(events)), *args)
-            if order_id is None:
-                row = await work.conn.fetchrow(
-                    f"SELECT {_ORDER_COLUMNS} FROM orders WHERE client_order_id = $1",
-                    order.client_order_id)
-                if row is None:  # a duplicate deleted since: cannot happen within a transaction
-                    raise NotFound(f"no order {order.client_order_id}", field="client_order_id")
-                ns = SimpleNamespace(**row)
-                return StoredOrder(ns.id, order_from_row(ns), ns.account, ns.source, created=False)
-            await work.commit()
+            if order_id is not None:
+                await work.commit()
+        if order_id is None:  # the id was known: its order is committed (a retry, a race)
+            return await self.get(order.client_order_id)
         return StoredOrder(order_id, order, account, source)
 
     async def transition(self, order: Order, event: OrderEvent) -> None:

@@ -109,7 +109,7 @@ import ray
 from sqlalchemy import text
 
 from actors.bots import Bot, BotSpec, BotStore
-from actors.feed import FEED_NAME, FEED_NAMESPACE, MarketFeed
+from actors.feed import MarketFeed, feed_actor_options
 from actors.supervisor import start_bot, stop_bot, strategy_actor_name
 from actors.tenant_runtime import tenant_namespace
 from tenancy.db import Database
@@ -156,9 +156,7 @@ class TimedFeed(MarketFeed):
 
 def timed_feed(settings: Settings) -> Any:
     """`TimedFeed` under the feed's own name, where the supervisor subscribes bots to it."""
-    return ray.remote(TimedFeed).options(  # the options of `actors.feed.get_or_create_feed`
-        name=FEED_NAME, namespace=FEED_NAMESPACE, lifetime="detached", num_cpus=0,
-        max_restarts=-1, max_concurrency=1000).remote(settings)
+    return ray.remote(TimedFeed).options(**feed_actor_options(settings)).remote(settings)
 
 
 @ray.remote(num_cpus=0.1)

@@ -22,7 +22,6 @@ from tenancy.settings import Settings, SettingsError, load_settings
 log = logging.getLogger(__name__)
 
 
-
 def cluster_settings(**overrides: object) -> Settings:
     """The settings of a cluster deployment: from the environment, external services required
     (the embedded PostgreSQL and Redis run on one machine only)."""
@@ -33,6 +32,7 @@ def cluster_settings(**overrides: object) -> Settings:
             raise SettingsError(f"{variable} must name an external server on a cluster "
                                 "(the embedded servers run on one machine only)", field=variable)
     return settings
+
 
 class Runtime:
     """Owns whatever it started; `settings` always holds resolved URLs once opened."""
